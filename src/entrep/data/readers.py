@@ -1,0 +1,449 @@
+"""Readers for every on-disk layout users have, auto-detected, all giving one :class:`Dataset`.
+
+Layouts (see docs/data.md and shared/ENTREP_FORMAT.md):
+
+- ENTRep training folder: ``cls.json`` + ``imgs/`` (+ optional ``i2i.json``, ``t2i.json``);
+- public release ``data.json`` (a JSON list of ``Path``/``Classification``/``Description*``);
+- a folder of class subfolders (taxonomy inferred from the folder names);
+- a JSONL manifest (:mod:`entrep.data.records`).
+
+Reading is cheap: files are checked for existence only. ``skip_bad=True`` also
+decodes every image and skips (with one warning) what cannot be used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from entrep.data.images import IMAGE_SUFFIXES, ImageError, load_rgb
+from entrep.data.records import DataError, Dataset, Record, read_manifest
+from entrep.taxonomy import ENT, Taxonomy, TaxonomyError, infer_taxonomy, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+#: Sub-folders searched for images next to cls.json / data.json, in order.
+IMAGE_DIRS = ("imgs", "images", ".")
+#: Manifests of a split folder written by :func:`entrep.data.split.write_splits`.
+SPLIT_NAMES = ("train", "val", "test")
+LAYOUTS = (
+    "ENTRep training folder (cls.json + imgs/)",
+    "public release data.json",
+    "folder of class subfolders",
+    "JSONL manifest (.jsonl)",
+)
+_SHOW = 5  # how many names an error or warning lists
+
+
+# ---------------------------------------------------------------- public API
+def read_dataset(path: str | Path, taxonomy: Taxonomy | None = None, *, skip_bad: bool = False) -> Dataset:
+    """Read a dataset from any supported layout, detected from ``path``.
+
+    ``taxonomy=None`` means ENT, except for class folders (inferred from the
+    folder names) and manifests with a ``taxonomy.json`` beside them.
+    Missing image files raise :class:`DataError` (``skip_bad``: warn and skip).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder")
+    if p.is_file():
+        name = p.name.lower()
+        if name == "cls.json":
+            return _read_entrep(p.parent, taxonomy, skip_bad)
+        if p.suffix.lower() == ".jsonl":
+            return _read_jsonl(p, taxonomy, skip_bad)
+        if p.suffix.lower() == ".json":
+            data = _load_json(p)
+            if isinstance(data, list):
+                return _read_public(p, data, taxonomy, skip_bad)
+            if isinstance(data, dict) and _find_image_dir(p.parent, require_subdir=True) is not None:
+                return _read_entrep(p.parent, taxonomy, skip_bad, cls_file=p, cls_data=data)
+            raise DataError(
+                f"{p}: JSON is neither a data.json list of records nor a cls.json mapping beside an imgs/ folder"
+            )
+        raise DataError(f"{p}: not a dataset file; tried layouts: {'; '.join(LAYOUTS)}")
+    return _read_folder(p, taxonomy, skip_bad)
+
+
+def read_datasets(
+    paths: Iterable[str | Path], taxonomy: Taxonomy | None = None, skip_bad: bool = False
+) -> Dataset:
+    """Read several datasets and merge them into one (they must share one taxonomy)."""
+    parts = [read_dataset(p, taxonomy, skip_bad=skip_bad) for p in paths]
+    if not parts:
+        raise DataError("no dataset paths given")
+    if len(parts) == 1:
+        return parts[0]
+    tax = parts[0].taxonomy
+    for ds in parts[1:]:
+        if ds.taxonomy != tax:
+            raise DataError(
+                f"{ds.source}: its classes {list(ds.taxonomy.classes)} differ from {parts[0].source}'s "
+                f"{list(tax.classes)}; pass one --taxonomy for all"
+            )
+    records: list[Record] = []
+    seen: dict[Path, Record] = {}
+    repeated = 0
+    for ds in parts:
+        for r in ds.records:
+            old = seen.get(r.image)
+            if old is None:
+                seen[r.image] = r
+                records.append(r)
+            elif old.label != r.label:
+                raise DataError(f"{r.image}: listed as {old.label!r} in one dataset and {r.label!r} in another")
+            else:
+                repeated += 1
+    if repeated:
+        log.warning("%d image file(s) appear in more than one of the given datasets; kept once", repeated)
+    names: dict[str, Path] = {}
+    clash = sorted({r.name for r in records if names.setdefault(r.name, r.image) != r.image})
+    if clash:
+        log.warning(
+            "%d file name(s) occur in more than one folder (pairs and captions match by name): %s",
+            len(clash), ", ".join(clash[:_SHOW]),
+        )
+    root = Path(os.path.commonpath([str(ds.root) for ds in parts]))
+    queries = [q for ds in parts for q in ds.text_queries]
+    return Dataset(records=records, root=root, taxonomy=tax, text_queries=queries,
+                   source="; ".join(ds.source for ds in parts))
+
+
+def read_queries(csv_path: str | Path) -> list[str]:
+    """Read a header-less challenge query CSV: one query (file name or caption) per row.
+
+    The first line is a query, not a header. Quoted captions may contain commas;
+    an unquoted row that the csv module splits is joined back with ``,``.
+    """
+    p = Path(csv_path)
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise DataError(f"{p}: cannot read query file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: query file is not UTF-8 text (byte {e.start})") from None
+    queries = []
+    try:
+        for row in csv.reader(io.StringIO(text, newline="")):
+            q = ",".join(row).strip()
+            if q:
+                queries.append(q)
+    except csv.Error as e:
+        raise DataError(f"{p}: malformed CSV ({e})") from None
+    if not queries:
+        raise DataError(f"{p}: query file is empty")
+    return queries
+
+
+def find_split_manifests(folder: str | Path) -> dict[str, Path] | None:
+    """``{"train": .../train.jsonl, ...}`` when ``folder`` holds split manifests, else None."""
+    f = Path(folder)
+    if not f.is_dir():
+        return None
+    found = {n: f / f"{n}.jsonl" for n in SPLIT_NAMES if (f / f"{n}.jsonl").is_file()}
+    return found if len(found) >= 2 else None
+
+
+# ---------------------------------------------------------------- layouts
+def _read_folder(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
+    """Detect the layout of a folder."""
+    if (p / "cls.json").is_file():
+        return _read_entrep(p, taxonomy, skip_bad)
+    if (p / "data.json").is_file():
+        data = _load_json(p / "data.json")
+        if not isinstance(data, list):
+            raise DataError(f"{p / 'data.json'}: expected a JSON list of records, got {type(data).__name__}")
+        return _read_public(p / "data.json", data, taxonomy, skip_bad)
+    splits = find_split_manifests(p)
+    if splits:
+        raise DataError(
+            f"{p}: holds split manifests ({', '.join(f.name for f in splits.values())}); pass one of them, "
+            "e.g. {0}".format(next(iter(splits.values())))
+        )
+    manifests = [f for f in p.glob("*.jsonl") if not f.name.startswith(".")]
+    if len(manifests) == 1:
+        return _read_jsonl(manifests[0], taxonomy, skip_bad)
+    classes = _class_folders(p)
+    if classes:
+        if set(classes) <= {"imgs", "images"}:
+            raise DataError(f"{p}: has an {next(iter(classes))}/ folder but no cls.json or data.json beside it")
+        return _read_class_folders(p, classes, taxonomy, skip_bad)
+    raise DataError(f"{p}: no dataset found; tried layouts: {'; '.join(LAYOUTS)}")
+
+
+def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
+                 cls_file: Path | None = None, cls_data: Any = None) -> Dataset:
+    """ENTRep training folder: cls.json labels, i2i.json pairs, t2i.json captions."""
+    tax = taxonomy or ENT
+    cls_file = cls_file or root / "cls.json"
+    cls = cls_data if cls_data is not None else _load_json(cls_file)
+    _check_str_map(cls_file, cls, "{\"<file>.png\": \"<class>\"}")
+    finder = _ImageFinder(root, cls_file)
+    labels = {name: _label(cls_file, tax, lab, name) for name, lab in cls.items()}
+
+    pairs: dict[str, str] = {}
+    i2i_file = root / "i2i.json"
+    if i2i_file.is_file():
+        i2i = _load_json(i2i_file)
+        _check_str_map(i2i_file, i2i, "{\"<file>.png\": \"<file>.png\"}")
+        for a, b in i2i.items():
+            pairs[a] = b
+        for a, b in i2i.items():
+            pairs.setdefault(b, a)  # pairs are symmetric even where the file lists one direction
+        _warn_unknown(i2i_file, set(i2i) | set(i2i.values()), labels)
+
+    captions: dict[str, list[str]] = {}
+    queries: list[tuple[str, str]] = []
+    t2i_file = root / "t2i.json"
+    if t2i_file.is_file():
+        t2i = _load_json(t2i_file)
+        _check_str_map(t2i_file, t2i, "{\"<English caption>\": \"<file>.png\"}")
+        _warn_unknown(t2i_file, set(t2i.values()), labels)
+        for text, name in t2i.items():
+            text = text.strip()
+            if name in labels and text:
+                captions.setdefault(name, []).append(text)
+                queries.append((text, name))
+
+    records, missing, on_disk = [], [], {}
+    for name, label in labels.items():
+        img = finder.find(name)
+        if img is None:
+            missing.append(name)
+            continue
+        on_disk[name] = img.name
+        text = "; ".join(captions[name]) if name in captions else None
+        records.append(Record(image=img, label=label, text=text, pair=pairs.get(name)))
+    # pairs and captions name files as the JSON spells them; point them at the names on disk
+    records = [replace(r, pair=on_disk.get(r.pair, r.pair)) if r.pair else r for r in records]
+    finder.report_case_fixes()
+    _handle_missing(cls_file, missing, skip_bad)
+    records = _verify(cls_file, records, skip_bad)
+    names = {r.name for r in records}
+    queries = [(t, on_disk[n]) for t, n in queries if on_disk.get(n) in names]
+    return _dataset(cls_file, records, root, tax, queries)
+
+
+def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
+    """Public release data.json: Path, Classification, Description (vi), DescriptionEN."""
+    tax = taxonomy or ENT
+    root = data_file.parent.resolve()
+    finder = _ImageFinder(root, data_file)
+    records, missing = [], []
+    by_name: dict[str, Record] = {}
+    repeated = 0
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise DataError(f"{data_file}: entry {i} is a {type(item).__name__}, expected an object with 'Path'")
+        d = {str(k).lower(): v for k, v in item.items()}
+        name, label = d.get("path"), d.get("classification")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{data_file}: entry {i} has no 'Path'")
+        if not isinstance(label, str):
+            raise DataError(f"{data_file}: entry {i} ({name}) has no 'Classification'")
+        name = name.strip()
+        label = _label(data_file, tax, label, name)
+        img = finder.find(name)
+        if img is None:
+            missing.append(name)
+            continue
+        rec = Record(image=img, label=label, text=_findings(d.get("descriptionen")),
+                     text_vi=_findings(d.get("description")))
+        old = by_name.get(str(img))
+        if old is not None:
+            if old.label != rec.label:
+                raise DataError(f"{data_file}: {name} is listed twice, as {old.label!r} and {rec.label!r}")
+            repeated += 1
+            continue
+        by_name[str(img)] = rec
+        records.append(rec)
+    if repeated:
+        log.warning("%s: %d image(s) listed more than once; kept the first entry", data_file, repeated)
+    finder.report_case_fixes()
+    _handle_missing(data_file, missing, skip_bad)
+    records = _verify(data_file, records, skip_bad)
+    return _dataset(data_file, records, root, tax, [])
+
+
+def _read_class_folders(root: Path, classes: dict[str, list[Path]], taxonomy: Taxonomy | None,
+                        skip_bad: bool) -> Dataset:
+    """One sub-folder per class; folder names may contain spaces."""
+    tax = taxonomy or infer_taxonomy(classes, name=root.name or "inferred")
+    records = []
+    for folder, files in sorted(classes.items()):
+        label = _label(root, tax, folder, f"class folder {folder!r}")
+        records += [Record(image=f, label=label) for f in files]
+    records = _verify(root, records, skip_bad)
+    return _dataset(root, records, root.resolve(), tax, [])
+
+
+def _read_jsonl(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
+    """JSONL manifest; a taxonomy.json beside it is used when no taxonomy is given."""
+    tax = taxonomy
+    if tax is None:
+        side = p.parent / "taxonomy.json"
+        tax = load_taxonomy(side) if side.is_file() else ENT
+    ds = read_manifest(p, tax, check_files=False)
+    kept, missing = [], []
+    for r in ds.records:
+        (kept if r.image.is_file() else missing).append(r)
+    _handle_missing(p, [str(r.image) for r in missing], skip_bad)
+    kept = _verify(p, kept, skip_bad)
+    names = {r.name for r in kept}
+    return _dataset(p, kept, ds.root, tax, [q for q in ds.text_queries if q[1] in names])
+
+
+# ---------------------------------------------------------------- helpers
+class _ImageFinder:
+    """Resolve file names to image paths in imgs/, images/ or the folder itself.
+
+    Each folder is listed once; a name that only matches case-insensitively
+    (``_image05`` vs ``_Image05``) is resolved and counted for one warning.
+    """
+
+    def __init__(self, root: Path, source: Path):
+        self.root, self.source = root.resolve(), source
+        self.dirs = [self.root / d for d in IMAGE_DIRS if (self.root / d).is_dir()]
+        self._exact: dict[str, Path] = {}
+        self._lower: dict[str, Path] = {}
+        for d in reversed(self.dirs):  # earlier folders win
+            with os.scandir(d) as it:
+                for e in it:
+                    if e.is_file():
+                        self._exact[e.name] = d / e.name
+                        self._lower[e.name.lower()] = d / e.name
+        self.case_fixed: list[str] = []
+
+    def find(self, name: str) -> Path | None:
+        if "/" in name or "\\" in name:  # a path relative to the folder
+            p = (self.root / name.replace("\\", "/")).resolve()
+            return p if p.is_file() else self.find(Path(name.replace("\\", "/")).name)
+        if name in self._exact:
+            return self._exact[name]
+        hit = self._lower.get(name.lower())
+        if hit is not None:
+            self.case_fixed.append(f"{name} -> {hit.name}")
+        return hit
+
+    def report_case_fixes(self) -> None:
+        if self.case_fixed:
+            log.warning(
+                "%s: %d file name(s) matched only ignoring case, e.g. %s",
+                self.source, len(self.case_fixed), "; ".join(self.case_fixed[:3]),
+            )
+
+
+def _find_image_dir(root: Path, *, require_subdir: bool = False) -> Path | None:
+    for d in IMAGE_DIRS:
+        if d == "." and require_subdir:
+            continue
+        if (root / d).is_dir():
+            return root / d
+    return None
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    """Visible sub-folders holding images (searched recursively), with their image files."""
+    out: dict[str, list[Path]] = {}
+    for sub in sorted(root.iterdir()):
+        if not sub.is_dir() or sub.name.startswith((".", "__")):
+            continue
+        files = []
+        for dirpath, dirnames, filenames in os.walk(sub):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [Path(dirpath, f).resolve() for f in sorted(filenames)
+                      if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        if files:
+            out[sub.name] = files
+    return out
+
+
+def _load_json(p: Path) -> Any:
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def _check_str_map(p: Path, data: Any, shape: str) -> None:
+    if not isinstance(data, dict):
+        raise DataError(f"{p}: expected a JSON object {shape}, got {type(data).__name__}")
+    for k, v in data.items():
+        if not isinstance(v, str):
+            raise DataError(f"{p}: value for {k!r} must be a string, got {json.dumps(v)[:40]}")
+
+
+def _label(source: Path, tax: Taxonomy, label: str, name: str) -> str:
+    try:
+        return tax.normalise_label(label)
+    except TaxonomyError:
+        raise DataError(
+            f"{source}: {name}: unknown label {label!r}; known labels: {', '.join(tax.classes)}"
+            " (pass --taxonomy FILE for other classes)"
+        ) from None
+
+
+def _warn_unknown(p: Path, names: set[str], known: dict[str, str]) -> None:
+    unknown = sorted(n for n in names if n not in known)
+    if unknown:
+        log.warning("%s: %d name(s) not in cls.json ignored: %s", p, len(unknown), ", ".join(unknown[:_SHOW]))
+
+
+def _findings(v: Any) -> str | None:
+    """Several findings separated by CRLF/LF -> one string joined by '; '."""
+    if not isinstance(v, str):
+        return None
+    parts = [s.strip() for s in re.split(r"\r\n|\r|\n", v)]
+    return "; ".join(s for s in parts if s) or None
+
+
+def _handle_missing(source: Path, missing: list[str], skip_bad: bool) -> None:
+    if not missing:
+        return
+    shown = ", ".join(missing[:_SHOW]) + (", ..." if len(missing) > _SHOW else "")
+    if not skip_bad:
+        raise DataError(f"{source}: {len(missing)} image file(s) not found: {shown} (use --skip-bad to skip them)")
+    log.warning("%s: skipped %d record(s) whose image file is missing: %s", source, len(missing), shown)
+
+
+def _verify(source: Path, records: list[Record], skip_bad: bool) -> list[Record]:
+    """With skip_bad, decode every image and drop (with one warning) those that fail."""
+    if not skip_bad or not records:
+        return records
+
+    def ok(r: Record) -> str | None:
+        try:
+            load_rgb(r.image)
+            return None
+        except ImageError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        errors = list(pool.map(ok, records))
+    bad = [e for e in errors if e]
+    if bad:
+        log.warning("%s: skipped %d unreadable image(s): %s", source, len(bad), "; ".join(bad[:3]))
+    return [r for r, e in zip(records, errors) if e is None]
+
+
+def _dataset(source: Path, records: list[Record], root: Path, tax: Taxonomy, queries: list) -> Dataset:
+    if not records:
+        raise DataError(f"{source}: dataset has no usable images")
+    return Dataset(records=records, root=root, taxonomy=tax, text_queries=queries, source=str(source))
+
+
+__all__ = ["read_dataset", "read_datasets", "read_queries", "find_split_manifests", "LAYOUTS"]
