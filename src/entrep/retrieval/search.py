@@ -1,0 +1,215 @@
+"""Image->image and text->image search over a model's gallery, and their evaluation.
+
+Image->image follows the paper (section 6.1): the query's class is predicted
+first and candidates are restricted to that class ("fine", the default), to
+its group ("coarse"), or not at all ("none"); the query itself is never
+returned. Text->image embeds the text in the joint space; it can be restricted
+to the class the text names ("auto") or to a given class.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from entrep.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FILTERS = ("fine", "coarse", "none")
+
+
+def _hit_dict(hit, hide_names: bool = False) -> dict:
+    m = hit.metadata
+    return {
+        "image": None if hide_names else m.path,
+        "name": None if hide_names else m.name,
+        "id": int(hit.id),
+        "score": round(float(hit.score), 6),
+        "label": m.label,
+        "group": m.group,
+        "caption": m.caption,
+    }
+
+
+def _require_gallery(model):
+    if model.gallery is None or len(model.gallery) == 0:
+        raise UserError("the model has no gallery to search; build one with `entrep index --model M --gallery DATA`")
+    return model.gallery
+
+
+def allowed_labels(model, filter: str, predicted: str | None) -> set[str] | None:
+    """Labels a candidate may carry under ``filter`` given the query's predicted class."""
+    tax = model.taxonomy
+    if filter == "none":
+        return None
+    if filter == "fine":
+        return {predicted}
+    if filter == "coarse":
+        return set(tax.members(tax.group_of(predicted)))
+    try:  # an explicit class name
+        return {tax.normalise_label(filter)}
+    except Exception:  # noqa: BLE001 - TaxonomyError; try a group name next
+        pass
+    if filter in tax.group_names:
+        return set(tax.members(filter))
+    raise UserError(f"unknown filter {filter!r}; use fine, coarse, none, a class ({', '.join(tax.classes)}) or a group")
+
+
+def class_named_in(text: str, taxonomy) -> set[str] | None:
+    """Classes a free-text query names explicitly, e.g. 'left ear' -> {ear-left}.
+
+    Every word of a class name (split on '-', '_', spaces) must appear; 'nasal'
+    counts as 'nose'. Returns the matching classes (several for a bare group
+    word, e.g. 'ear' -> both ears), or None when no class is named.
+    """
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    synonyms = {"nasal": "nose", "nostril": "nose", "vocal": "vc", "cords": "vc", "larynx": "vc", "pharynx": "throat"}
+    words |= {synonyms[w] for w in words if w in synonyms}
+    full = {c for c in taxonomy.classes if set(re.split(r"[\s_\-]+", c.lower())) <= words}
+    if full:
+        return full
+    groups = {g for g in taxonomy.group_names if g.lower() in words}
+    if groups:
+        return {c for g in groups for c in taxonomy.members(g)}
+    return None
+
+
+def search_image(model, image: str | Path | Image.Image, *, k: int = 10, filter: str | None = None,
+                 space: str | None = None, hide_names: bool = False) -> dict:
+    """Similar gallery images for one query image. Returns {"prediction", "results"}."""
+    gallery = _require_gallery(model)
+    if k < 1:
+        raise UserError(f"k must be >= 1, got {k}")
+    filter = filter or model.config.retrieval.filter
+    feats = model.image_features([image])
+    dec, _ = model.predict_features(feats)
+    pred = model.taxonomy.class_name(int(dec.fine[0]))
+    labels = allowed_labels(model, filter, pred)
+    q = model.retrieval_vectors(feats, space)
+    exclude = set()
+    if isinstance(image, (str, Path)):
+        from entrep.data.hashing import sha256_file
+
+        h = sha256_file(image)
+        exclude = {m.id for m in gallery.items if m.content_hash == h}
+    hits = gallery.search(q, k, allowed=[labels] if labels is not None else None, exclude_ids=[exclude])[0]
+    return {
+        "prediction": {"label": pred, "confidence": float(dec.confidence[0]),
+                       "source": "prototype" if dec.from_prototype[0] else "head"},
+        "filter": filter,
+        "results": [_hit_dict(h, hide_names) for h in hits],
+    }
+
+
+def search_text(model, text: str, *, k: int = 10, filter: str = "none", hide_names: bool = False) -> dict:
+    """Gallery images matching a text query in the joint space."""
+    gallery = _require_gallery(model)
+    if not text or not text.strip():
+        raise UserError("empty text query; type a finding such as 'a spur on the septum'")
+    if k < 1:
+        raise UserError(f"k must be >= 1, got {k}")
+    labels = None
+    if filter == "auto":
+        labels = class_named_in(text, model.taxonomy)
+    elif filter != "none":
+        labels = allowed_labels(model, filter, None)
+    u = model.embed_texts([text.strip()])
+    # text lives in the joint space; the gallery may be in concat/head space
+    q = _text_query_vector(model, u, gallery)
+    hits = gallery.search(q, k, allowed=[labels] if labels is not None else None)[0]
+    return {"filter": filter, "classes": sorted(labels) if labels else None,
+            "results": [_hit_dict(h, hide_names) for h in hits]}
+
+
+def _text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
+    """Map a joint-space text vector into the gallery's space.
+
+    For the concat space the text fills the joint block and leaves the head
+    block at zero, so scores are the joint-space cosine (scaled).
+    """
+    space = model.config.retrieval.space
+    if space == "joint":
+        return u
+    if space == "concat":
+        pad = np.zeros((u.shape[0], gallery.dim - u.shape[1]), dtype=np.float32)
+        return np.concatenate([u, pad], axis=1)
+    raise UserError("text search needs a joint or concat gallery space; this model indexes head features only")
+
+
+# ---------------------------------------------------------------------------
+# evaluation (leave-one-out over the evaluated data)
+# ---------------------------------------------------------------------------
+
+
+def _scores_from_rankings(score_rows: list[np.ndarray], rel_rows: list[np.ndarray]) -> dict:
+    """Recall@1/5/10 and MRR from full score rows; ties ranked pessimistically."""
+    from entrep.retrieval.metrics import rank_with_ties, scores_from_ranks
+
+    ranks = [int(rank_with_ties(s, r)) if len(s) else 0 for s, r in zip(score_rows, rel_rows)]
+    return scores_from_ranks(np.array(ranks, dtype=np.int64), (1, 5, 10))
+
+
+def evaluate_retrieval(model, data, feats, dec) -> dict:
+    """Recall@1/5/10 and MRR, class and exact-pair relevance, leave-one-out over ``data``.
+
+    Candidate labels are the data's own (a labelled gallery); the query's class
+    is the model's prediction. i2i is reported under the model's filter, and in
+    ``i2i_by_filter`` under each of fine / coarse / none.
+    """
+    tax = model.taxonomy
+    recs = data.records
+    n = len(recs)
+    labels = np.array([r.label for r in recs], dtype=object)
+    names = np.array([r.name for r in recs], dtype=object)
+    pred = np.array([tax.class_name(int(i)) for i in dec.fine], dtype=object)
+    vecs = model.retrieval_vectors(feats)
+    S = vecs @ vecs.T
+    by_filter = {}
+    for flt in FILTERS:
+        cls_s, cls_r, pair_s, pair_r = [], [], [], []
+        for i in range(n):
+            allowed = np.ones(n, dtype=bool)
+            allowed[i] = False
+            al = allowed_labels(model, flt, pred[i])
+            if al is not None:
+                allowed &= np.isin(labels, list(al))
+            s = S[i, allowed]
+            cls_s.append(s)
+            cls_r.append(labels[allowed] == labels[i])
+            p = recs[i].pair
+            if p and p in set(names) and p != recs[i].name:
+                pair_s.append(s)
+                pair_r.append(names[allowed] == p)
+        entry = {"class": _scores_from_rankings(cls_s, cls_r)}
+        if pair_s:
+            entry["pair"] = _scores_from_rankings(pair_s, pair_r)
+        by_filter[flt] = entry
+    result: dict = {"i2i": by_filter[model.config.retrieval.filter], "i2i_by_filter": by_filter,
+                    "i2i_filter": model.config.retrieval.filter, "space": model.config.retrieval.space}
+    queries = [(t, nm) for t, nm in data.text_queries if nm in set(names)]
+    source = "t2i captions"
+    if not queries:
+        queries = [(r.text, r.name) for r in recs if r.text]
+        source = "image captions"
+    if queries:
+        U = model.embed_texts([t for t, _ in queries])
+        joint = model.joint_images(feats.clip)
+        T = U @ joint.T
+        idx = {nm: i for i, nm in enumerate(names)}
+        cls_s, cls_r, pair_s, pair_r = [], [], [], []
+        for qi, (_, nm) in enumerate(queries):
+            target = idx[nm]
+            cls_s.append(T[qi])
+            cls_r.append(labels == labels[target])
+            pair_s.append(T[qi])
+            pair_r.append(names == nm)
+        result["t2i"] = {"class": _scores_from_rankings(cls_s, cls_r), "pair": _scores_from_rankings(pair_s, pair_r),
+                         "queries_from": source}
+    return result
+
