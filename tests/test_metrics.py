@@ -1,0 +1,114 @@
+"""Recall@K / MRR against rankings computed by hand, ties and queries without any relevant item included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from entrep.errors import UserError
+from entrep.retrieval.metrics import (
+    mrr,
+    rank_of_first_relevant,
+    rank_with_ties,
+    recall_at_k,
+    retrieval_scores,
+    scores_from_ranks,
+)
+
+# Three queries, best first. First relevant at rank 2, rank 1, nowhere.
+LISTS = [[False, True, False, True], [True, False, False, False], [False, False, False, False]]
+
+
+def test_rank_of_first_relevant_single_and_many():
+    assert rank_of_first_relevant([False, False, True]) == 3
+    assert rank_of_first_relevant([False, False]) == 0
+    assert rank_of_first_relevant(np.array([True, True])) == 1
+    assert rank_of_first_relevant(LISTS).tolist() == [2, 1, 0]
+    # ragged lists: a search that found fewer than k rows
+    assert rank_of_first_relevant([[False, True], [], [False, False, False, True]]).tolist() == [2, 0, 4]
+    assert rank_of_first_relevant(np.array(LISTS)).tolist() == [2, 1, 0]
+
+
+def test_recall_at_k_counts_queries_with_a_hit_in_top_k():
+    assert recall_at_k(LISTS, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(LISTS, 2) == pytest.approx(2 / 3)
+    assert recall_at_k(LISTS, 10) == pytest.approx(2 / 3)  # the third query never hits
+    assert recall_at_k([], 5) == 0.0
+    with pytest.raises(UserError):
+        recall_at_k(LISTS, 0)
+
+
+def test_mrr_hand_computed():
+    # (1/2 + 1/1 + 0) / 3
+    assert mrr(LISTS) == pytest.approx(0.5)
+    assert mrr([[False, False, True]]) == pytest.approx(1 / 3)
+    assert mrr([]) == 0.0
+
+
+def test_retrieval_scores_keys_and_values():
+    s = retrieval_scores(LISTS)
+    assert s == pytest.approx({"recall@1": 1 / 3, "recall@5": 2 / 3, "recall@10": 2 / 3, "mrr": 0.5,
+                               "n_queries": 3, "n_without_relevant": 1})
+    s = retrieval_scores(LISTS, ks=(2,))
+    assert set(s) == {"recall@2", "mrr", "n_queries", "n_without_relevant"}
+
+
+def test_truncated_lists_need_has_relevant_to_count_unanswerable_queries():
+    # query 2 has relevant items in the gallery but none in its top 4; query 3 has none at all
+    lists = [[True, False], [False, False], [False, False]]
+    s = retrieval_scores(lists, ks=(1,), has_relevant=[True, True, False])
+    assert s["n_without_relevant"] == 1
+    assert s["recall@1"] == pytest.approx(1 / 3)  # unanswerable queries stay in the denominator
+    with pytest.raises(UserError, match="has_relevant"):
+        retrieval_scores(lists, has_relevant=[False, True, True])  # query 1 found a relevant item
+    with pytest.raises(UserError, match="entries"):
+        retrieval_scores(lists, has_relevant=[True])
+
+
+def test_rank_with_ties_is_pessimistic():
+    # item:      0    1    2    3    4
+    scores = [0.9, 0.7, 0.7, 0.7, 0.1]
+    # relevant item 2 ties with irrelevant 1 and 3 at 0.7: it goes after both -> rank 4 (0 ranks first)
+    assert rank_with_ties(scores, [False, False, True, False, False]) == 4
+    # two relevant items tied with one irrelevant: the first relevant comes after item 0 and item 3 -> 3
+    assert rank_with_ties(scores, [False, True, True, False, False]) == 3
+    # best relevant strictly on top
+    assert rank_with_ties(scores, [True, False, True, False, False]) == 1
+    # constant scores never look good: relevant item last among 4 equal scores
+    assert rank_with_ties([1.0, 1.0, 1.0, 1.0], [False, True, False, False]) == 4
+    # no relevant item anywhere
+    assert rank_with_ties(scores, [False] * 5) == 0
+
+
+def test_rank_with_ties_batch_and_exclude():
+    scores = np.array([[0.5, 0.9, 0.9, 0.1],
+                       [0.2, 0.2, 0.3, 0.9]])
+    relevant = np.array([[True, True, False, False],
+                         [True, False, False, True]])
+    assert rank_with_ties(scores, relevant).tolist() == [2, 1]
+    # leave-one-out: query 1's own image (item 3) is excluded; then relevant item 0 ties with item 1 -> rank 3
+    exclude = np.array([[False, False, True, False],
+                        [False, False, False, True]])
+    assert rank_with_ties(scores, relevant, exclude=exclude).tolist() == [1, 3]
+    # excluding the only relevant item leaves none: rank 0
+    only = np.array([[False, False, False, False], [False, False, False, True]])
+    assert rank_with_ties(scores, np.array([[False] * 4, [False, False, False, True]]), exclude=only).tolist() == [0, 0]
+    ranks = rank_with_ties(scores, relevant, exclude=exclude)
+    s = scores_from_ranks(ranks, ks=(1, 2))
+    assert s == pytest.approx({"recall@1": 0.5, "recall@2": 0.5, "mrr": (1 + 1 / 3) / 2,
+                               "n_queries": 2, "n_without_relevant": 0})
+
+
+def test_rank_with_ties_rejects_bad_input():
+    with pytest.raises(UserError, match="NaN"):
+        rank_with_ties([0.1, float("nan")], [True, False])
+    with pytest.raises(UserError, match="shape"):
+        rank_with_ties([0.1, 0.2], [True])
+
+
+def test_scores_from_ranks_counts_rank_zero_as_without_relevant():
+    s = scores_from_ranks([1, 0, 3, 0], ks=(1, 3))
+    assert s == pytest.approx({"recall@1": 0.25, "recall@3": 0.5, "mrr": (1 + 1 / 3) / 4,
+                               "n_queries": 4, "n_without_relevant": 2})
+    with pytest.raises(UserError):
+        scores_from_ranks([-1])
