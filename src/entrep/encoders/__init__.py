@@ -1,0 +1,52 @@
+"""Encoders: a registry of named image and text encoders with one weights resolver.
+
+>>> enc = build_image_encoder("effnet-lite0")          # offline default, no download
+>>> vecs = enc.encode(["a.png", "b.png"])               # (2, 6400) float32, L2-normalised
+>>> txt = build_text_encoder("minilm-l6").encode(["a spur on the septum"])
+
+Registered names: :func:`list_encoders`. Weights sources: see
+:mod:`entrep.encoders.resolver`. Pooling: :mod:`entrep.encoders.pooling`.
+"""
+
+from __future__ import annotations
+
+from entrep.encoders import dinov2, effnet, minilm, openclip  # noqa: F401  (register builders)
+from entrep.encoders.base import ImageEncoder, TextEncoder
+from entrep.encoders.config import ImageEncoderConfig, TextEncoderConfig
+from entrep.encoders.pooling import flip_pooled, pooled_dim
+from entrep.encoders.registry import IMAGE, TEXT, register_image_encoder, register_text_encoder
+
+
+def list_encoders(pattern: str = "*", *, kind: str | None = None, aliases: bool = False) -> list[str]:
+    """Registered encoder names matching a glob ``pattern``; ``kind`` "image"/"text" filters.
+
+    Families such as ``openclip:`` accept any ``openclip:ARCH`` name.
+    """
+    regs = {"image": (IMAGE,), "text": (TEXT,), None: (IMAGE, TEXT)}.get(kind)
+    if regs is None:
+        from entrep.errors import UserError
+
+        raise UserError(f"unknown encoder kind {kind!r}; use 'image' or 'text'")
+    return sorted({n for r in regs for n in r.names(pattern, aliases=aliases)})
+
+
+def build_image_encoder(name: str, *, weights=None, pooling: str | None = None, device=None, **options) -> ImageEncoder:
+    """Build a registered image encoder. ``weights``: a source string (default: the encoder's own,
+    or ``$ENTREP_WEIGHTS_<NAME>``); ``pooling``: see :mod:`entrep.encoders.pooling`;
+    ``device``: cuda/mps/cpu/auto; other options go to the builder (e.g. ``precision``,
+    ``tokenizer_dir``, ``return_layers``)."""
+    canonical = IMAGE.canonical(name)
+    return IMAGE.entry(canonical).builder(canonical, weights=weights, pooling=pooling, device=device, **options)
+
+
+def build_text_encoder(name: str, *, weights=None, device=None, **options) -> TextEncoder:
+    """Build a registered text encoder (see :func:`build_image_encoder`)."""
+    canonical = TEXT.canonical(name)
+    return TEXT.entry(canonical).builder(canonical, weights=weights, device=device, **options)
+
+
+__all__ = [
+    "ImageEncoder", "ImageEncoderConfig", "TextEncoder", "TextEncoderConfig", "build_image_encoder",
+    "build_text_encoder", "flip_pooled", "list_encoders", "pooled_dim", "register_image_encoder",
+    "register_text_encoder",
+]

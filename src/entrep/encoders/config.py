@@ -1,0 +1,80 @@
+"""Frozen configs: one per encoder, saying what its vectors mean and how images are prepared.
+
+A config travels with the weights: the same preprocessing (size, mean/std,
+resize mode) is used wherever the encoder runs, and every field goes into the
+encoder's fingerprint so cached features never mix configurations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """What an image encoder produces and how it prepares images.
+
+    ``image_size`` is (height, width). ``resize`` is ``"letterbox"``: the whole
+    frame is scaled to fit and padded with black (the endoscope surround), so
+    no side of the image is ever cropped away. ``pooling`` names how the
+    feature map / patch tokens become one vector (see :mod:`entrep.encoders.pooling`);
+    ``"proj"`` means the model's own projection head (CLIP joint space).
+    ``width`` is the channel count one pooled block has (``dim`` = blocks x width).
+    """
+
+    name: str
+    dim: int
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str
+    pooling: str
+    width: int = 0
+    resize: str = "letterbox"
+    interpolation: str = "bicubic"
+    licence: str = ""
+    architecture: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        d["options"] = {k: v for k, v in self.options}
+        return d
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """What a text encoder produces. ``languages`` lists what it was trained on."""
+
+    name: str
+    dim: int
+    weights: str
+    max_tokens: int = 256
+    languages: tuple[str, ...] = ("en",)
+    pooling: str = "mean"
+    licence: str = ""
+    architecture: str = ""
+    options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["languages"] = list(self.languages)
+        d["options"] = {k: v for k, v in self.options}
+        return d
+
+
+def options_tuple(options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """Builder options as a sorted tuple (hashable, stable for fingerprints)."""
+    out = []
+    for k, v in sorted((options or {}).items()):
+        if v is None:
+            continue
+        if isinstance(v, list):
+            v = tuple(v)
+        out.append((k, v))
+    return tuple(out)

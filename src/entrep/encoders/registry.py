@@ -1,0 +1,83 @@
+"""Registry of named encoders: names map to builders, never if-chains over model names.
+
+``@register_image_encoder("name", aliases=(...))`` registers a builder
+``fn(name, *, weights, pooling, device, **options) -> ImageEncoder``; text
+builders take no pooling. A name ending in ``:`` registers a *family*: any
+``family:ARG`` name goes to that builder (``openclip:ViT-L-14``). Unknown names
+fail with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+from entrep.errors import UserError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str  # "image" | "text"
+    builder: Callable
+    summary: str = ""
+
+
+class Registry:
+    """Name -> builder for one kind of encoder, with aliases and families."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, *, aliases: tuple[str, ...] = (), summary: str = "") -> Callable:
+        def deco(fn: Callable) -> Callable:
+            for n in (name, *aliases):
+                if n in self._entries or n in self._aliases:
+                    raise ValueError(f"{self.kind} encoder {n!r} registered twice")
+            self._entries[name] = Entry(name, self.kind, fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
+            for a in aliases:
+                self._aliases[a] = name
+            return fn
+
+        return deco
+
+    def canonical(self, name: str) -> str:
+        """The registered name for ``name`` (alias resolved); UserError listing valid names."""
+        if name in self._entries:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        family, sep, arg = name.partition(":")
+        if sep and arg and f"{family}:" in self._entries:
+            return name
+        valid = ", ".join(self.names(aliases=True))
+        raise UserError(f"unknown {self.kind} encoder {name!r}; valid names: {valid}")
+
+    def entry(self, name: str) -> Entry:
+        name = self.canonical(name)
+        if name in self._entries:
+            return self._entries[name]
+        return self._entries[name.partition(":")[0] + ":"]
+
+    def names(self, pattern: str = "*", *, aliases: bool = False) -> list[str]:
+        out = list(self._entries)
+        if aliases:
+            out += list(self._aliases)
+        return sorted(n for n in out if fnmatch.fnmatchcase(n, pattern))
+
+
+IMAGE = Registry("image")
+TEXT = Registry("text")
+
+
+def register_image_encoder(name: str, *, aliases: tuple[str, ...] = (), summary: str = "") -> Callable:
+    """Decorator: register an image-encoder builder under ``name`` (and aliases)."""
+    return IMAGE.register(name, aliases=aliases, summary=summary)
+
+
+def register_text_encoder(name: str, *, aliases: tuple[str, ...] = (), summary: str = "") -> Callable:
+    """Decorator: register a text-encoder builder under ``name`` (and aliases)."""
+    return TEXT.register(name, aliases=aliases, summary=summary)

@@ -1,0 +1,368 @@
+"""One weights resolver: a source string becomes local files, or one clear WeightsError.
+
+Source forms (open_clip's naming scheme):
+
+- ``hf-hub:org/repo``      Hugging Face Hub (used from the local HF cache when there;
+                           downloaded only when the hub is reachable)
+- ``local-dir:/path`` or a plain folder path
+- a local file             ``.pt`` ``.pth`` ``.bin`` ``.safetensors`` ``.ckpt``
+- ``package:KEY``          weights shipped inside an installed Python package
+                           (the offline defaults, e.g. ``package:efficientnet-lite0``)
+- anything else            a pretrained *tag* (open_clip: ``openai``, ``laion2b_s34b_b88k``)
+
+Precedence for an encoder: the explicit ``weights`` argument, then the
+environment variable ``ENTREP_WEIGHTS_<NAME>`` (e.g. ``ENTREP_WEIGHTS_BIOMEDCLIP``),
+then the encoder's default. An unreachable hub never produces a pile of
+retries and tracebacks: the hub is probed once (a few seconds at most) and the
+user gets one line saying how to point at local weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import urlparse
+
+from entrep.errors import WeightsError
+from entrep.io import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+HUB_PREFIX = "hf-hub:"
+DIR_PREFIX = "local-dir:"
+PACKAGE_PREFIX = "package:"
+DOCS_HINT = "see docs/encoders.md, 'Air-gapped machines'"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """A parsed weights source. ``kind``: hf-hub, local-dir, file, package or tag."""
+
+    kind: str
+    location: str
+
+    def __str__(self) -> str:
+        if self.kind == "hf-hub":
+            return HUB_PREFIX + self.location
+        if self.kind == "local-dir":
+            return DIR_PREFIX + self.location
+        if self.kind == "package":
+            return PACKAGE_PREFIX + self.location
+        return self.location
+
+
+def parse_source(spec: str | Path) -> WeightsSource:
+    """Parse a weights source string (see module docstring). Paths become absolute."""
+    s = str(spec).strip()
+    if not s:
+        raise WeightsError("empty weights source; give hf-hub:org/repo, local-dir:/path, a weights file or package:KEY")
+    if s.startswith(HUB_PREFIX):
+        repo = s[len(HUB_PREFIX):].strip().strip("/")
+        if repo.count("/") != 1:
+            raise WeightsError(f"weights source {s!r}: expected hf-hub:org/repo")
+        return WeightsSource("hf-hub", repo)
+    if s.startswith(DIR_PREFIX):
+        p = Path(s[len(DIR_PREFIX):]).expanduser()
+        return WeightsSource("local-dir", str(p.resolve()))
+    if s.startswith(PACKAGE_PREFIX):
+        return WeightsSource("package", s[len(PACKAGE_PREFIX):])
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return WeightsSource("local-dir", str(p.resolve()))
+    if p.is_file() or p.suffix.lower() in WEIGHT_SUFFIXES or "/" in s or s.startswith("."):
+        return WeightsSource("file", str(p.resolve()))
+    return WeightsSource("tag", s)
+
+
+def env_var_for(encoder_name: str) -> str:
+    """Environment variable that overrides an encoder's weights, e.g. ENTREP_WEIGHTS_DINOV2_VITB14."""
+    return "ENTREP_WEIGHTS_" + re.sub(r"[^A-Z0-9]+", "_", encoder_name.upper()).strip("_")
+
+
+def choose_source(encoder_name: str, weights: str | Path | None, default: str) -> WeightsSource:
+    """Explicit ``weights``, else ``$ENTREP_WEIGHTS_<NAME>``, else ``default``."""
+    if weights is not None and str(weights).strip():
+        return parse_source(weights)
+    env = os.environ.get(env_var_for(encoder_name), "").strip()
+    if env:
+        log.info("weights for %s from $%s=%s", encoder_name, env_var_for(encoder_name), env)
+        return parse_source(env)
+    return parse_source(default)
+
+
+def how_to_point(encoder_name: str, example: str) -> str:
+    """The standard hint telling a user how to use local weights for an encoder."""
+    return (
+        f"point at local weights with --weights {example} (or set {env_var_for(encoder_name)}={example}, "
+        f"or 'weights:' for this encoder in a profile file; {DOCS_HINT})"
+    )
+
+
+# ---- package-provided defaults ------------------------------------------
+_PACKAGE_WEIGHTS: dict[str, Callable[[], Path]] = {}
+
+
+def register_package_weights(key: str) -> Callable:
+    """Decorator: ``fn() -> Path`` locating weights shipped by an installed package."""
+
+    def deco(fn: Callable[[], Path]) -> Callable[[], Path]:
+        _PACKAGE_WEIGHTS[key] = fn
+        return fn
+
+    return deco
+
+
+def resolve_package(key: str) -> Path:
+    """Path of package-provided weights; WeightsError naming the pip package when absent."""
+    if key not in _PACKAGE_WEIGHTS:
+        raise WeightsError(f"unknown package weights {key!r}; known: {', '.join(sorted(_PACKAGE_WEIGHTS))}")
+    try:
+        path = Path(_PACKAGE_WEIGHTS[key]())
+    except ImportError as e:
+        raise WeightsError(f"package weights {key!r} need a Python package that is not installed ({e}); "
+                           f"reinstall entrep with its dependencies") from None
+    if not path.exists():
+        raise WeightsError(f"package weights {key!r}: {path} is missing; reinstall the package that provides it")
+    return path
+
+
+def require_dir(source: WeightsSource, needed: Iterable[str], *, what: str) -> Path:
+    """A local folder that must hold ``needed`` files; WeightsError naming what is missing."""
+    d = Path(source.location)
+    if not d.is_dir():
+        raise WeightsError(f"{what}: weights folder {d} not found")
+    missing = [n for n in needed if not (d / n).is_file()]
+    if missing:
+        raise WeightsError(f"{what}: folder {d} lacks {', '.join(missing)}")
+    return d
+
+
+def require_file(source: WeightsSource, *, what: str) -> Path:
+    p = Path(source.location)
+    if not p.is_file():
+        raise WeightsError(f"{what}: weights file {p} not found")
+    if p.stat().st_size == 0:
+        raise WeightsError(f"{what}: weights file {p} is empty")
+    return p
+
+
+def find_weights_file(folder: Path, preferred: Iterable[str], *, what: str) -> Path:
+    """The weights file in ``folder``: the first of ``preferred`` present, else the only one there."""
+    for name in preferred:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise WeightsError(f"{what}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
+    raise WeightsError(f"{what}: several weights files in {folder} ({', '.join(p.name for p in found)}); "
+                       f"name the one to use as the weights source")
+
+
+# ---- Hugging Face Hub ---------------------------------------------------
+def offline_mode() -> bool:
+    """True when the user asked for no network (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, ENTREP_OFFLINE)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ENTREP_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """Probe the hub endpoint once (DNS + TCP connect). Returns (ok, reason)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    u = urlparse(endpoint)
+    host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, ""
+    except OSError as e:
+        return False, f"{host} unreachable: {e.strerror or e}"
+
+
+def hub_files(
+    repo: str,
+    required: Iterable[str],
+    *,
+    optional: Iterable[str] = (),
+    any_of: Iterable[str] = (),
+    encoder_name: str,
+    example: str,
+) -> dict[str, Path]:
+    """Local paths of files from a hub repo: the HF cache first, then a download.
+
+    ``required`` must all exist; of ``any_of`` the first available is taken
+    (returned under key ``"*"``); ``optional`` are fetched when present. Offline
+    or unreachable: one WeightsError with :func:`how_to_point`.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    required, optional, any_of = list(required), list(optional), list(any_of)
+    out: dict[str, Path] = {}
+
+    def cached(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo, name, local_files_only=True))
+        except (LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError):
+            return None
+
+    for name in required + optional:
+        p = cached(name)
+        if p is not None:
+            out[name] = p
+    for name in any_of:
+        p = cached(name)
+        if p is not None:
+            out["*"] = p
+            break
+    complete = all(n in out for n in required) and (not any_of or "*" in out)
+    if complete:
+        return out
+
+    missing = [n for n in required if n not in out] + ([f"one of {any_of}"] if any_of and "*" not in out else [])
+    where = f"hf-hub:{repo}"
+    if offline_mode():
+        raise WeightsError(f"{encoder_name}: {where} is not in the local Hugging Face cache and offline mode is on "
+                           f"(missing {', '.join(missing)}); {how_to_point(encoder_name, example)}")
+    ok, reason = hub_reachable()
+    if not ok:
+        raise WeightsError(f"{encoder_name}: cannot download {where} ({reason}); {how_to_point(encoder_name, example)}")
+
+    def fetch(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo, name))
+        except EntryNotFoundError:
+            return None
+        except Exception as e:  # network/auth errors from huggingface_hub: one line, with the fix
+            raise WeightsError(f"{encoder_name}: download of {name} from {where} failed "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                               f"{how_to_point(encoder_name, example)}") from None
+
+    for name in required:
+        if name not in out:
+            p = fetch(name)
+            if p is None:
+                raise WeightsError(f"{encoder_name}: {where} has no file {name}")
+            out[name] = p
+    for name in optional:
+        if name not in out:
+            p = fetch(name)
+            if p is not None:
+                out[name] = p
+    if any_of and "*" not in out:
+        for name in any_of:
+            p = fetch(name)
+            if p is not None:
+                out["*"] = p
+                break
+        else:
+            raise WeightsError(f"{encoder_name}: {where} has none of {', '.join(any_of)}")
+    return out
+
+
+# ---- weights digests (for fingerprints) ---------------------------------
+_DIGEST_MEMO: dict[str, str] = {}
+_DIGEST_LOCK = threading.Lock()
+
+
+def digest_cache_path() -> Path:
+    """Where file digests are remembered: $ENTREP_DIGEST_CACHE or ~/.cache/entrep/weights-digests.json."""
+    env = os.environ.get("ENTREP_DIGEST_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "entrep" / "weights-digests.json"
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) in memory and on disk."""
+    path = Path(path)
+    key = _file_key(path)
+    with _DIGEST_LOCK:
+        if key in _DIGEST_MEMO:
+            return _DIGEST_MEMO[key]
+    store = digest_cache_path()
+    known = _read_digests(store)
+    if key in known:
+        digest = known[key]
+    else:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+        _remember_digest(store, key, digest)
+    with _DIGEST_LOCK:
+        _DIGEST_MEMO[key] = digest
+    return digest
+
+
+def weights_digest(paths: Iterable[str | Path]) -> str:
+    """One digest over several files (name + content digest each, in the given order)."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        h.update(p.name.encode())
+        h.update(file_digest(p).encode())
+    return h.hexdigest()
+
+
+def _read_digests(store: Path) -> dict[str, str]:
+    try:
+        data = json.loads(store.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_digest(store: Path, key: str, digest: str) -> None:
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with open(store.with_suffix(".lock"), "a") as lockf:
+            fcntl.flock(lockf, fcntl.LOCK_EX)
+            try:
+                data = _read_digests(store)
+                data = {k: v for k, v in data.items() if Path(k.split("|")[0]).exists()}
+                data[key] = digest
+                write_text_atomic(store, json.dumps(data, indent=0, sort_keys=True))
+            finally:
+                fcntl.flock(lockf, fcntl.LOCK_UN)
+    except OSError as e:  # a read-only home must not stop anyone: the digest is just recomputed next time
+        log.debug("could not remember weights digest in %s: %s", store, e)
+
+
+# ---- reading checkpoint files -------------------------------------------
+def load_checkpoint_file(path: str | Path, *, what: str) -> dict:
+    """Read a .safetensors or torch checkpoint (weights only, on CPU); WeightsError on failure."""
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        with contextlib.suppress(Exception):
+            import numpy as np  # numpy scalars appear in some training checkpoints
+
+            torch.serialization.add_safe_globals([np.core.multiarray.scalar, np.dtype])  # type: ignore[attr-defined]
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"{what}: cannot read checkpoint {path} ({msg[:300]})") from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{what}: checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
