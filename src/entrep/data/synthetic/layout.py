@@ -79,6 +79,8 @@ def render_all(jobs: list[Job], *, workers: int | None = None, progress: bool = 
             with ctx.Pool(w) as pool:
                 for _ in pool.imap_unordered(render_job, jobs, chunksize=max(1, min(16, len(jobs) // (w * 8)))):
                     bar.advance()
+                pool.close()  # on an error the context manager terminates the workers instead
+                pool.join()
     finally:
         bar.close()
 
