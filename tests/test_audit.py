@@ -93,6 +93,19 @@ def test_near_duplicate_reencoded_and_brightened(tmp_path):
     assert js["kind"] == "near" and js["datasets"] == ["test", "train"] and js["evidence"] == ["phash"]
 
 
+def test_lookalike_with_different_detail_is_not_near(tmp_path):
+    """Same layout, different lesion: pHash alone is within 4 bits, the thumbnail check rejects it."""
+    a = _smooth_png(tmp_path / "a.png", seed=3)
+    px = np.asarray(Image.open(a)).copy()
+    px[20:50, 30:70] = np.random.default_rng(99).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    b = tmp_path / "b.png"
+    Image.fromarray(px).save(b)
+    named = {"train": _ds([(a, "nose-left")], tmp_path), "test": _ds([(b, "nose-left")], tmp_path)}
+    loose = audit_datasets(named, min_correlation=None)
+    assert len(loose.near) == 1 and loose.near[0].max_distance <= 4  # pHash alone calls it a duplicate
+    assert audit_datasets(named).ok and not audit_datasets(named).near
+
+
 def test_class_conflict_and_within_dataset_duplicate(tmp_path):
     tr, _ = _two_splits(tmp_path)
     same = tmp_path / "train" / "other_name.png"

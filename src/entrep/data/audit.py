@@ -3,7 +3,9 @@
 - exact duplicates: identical file bytes (SHA-256) or identical decoded pixels,
   whatever the file names;
 - near duplicates: perceptual hash (pHash, 64 bits) within ``near_threshold``
-  bits, and, when embeddings are given, cosine similarity >= ``cos_threshold``;
+  bits, confirmed by the correlation of 32x32 grey thumbnails (>= ``min_correlation``;
+  different views of the same anatomy can share a 64-bit pHash), and, when
+  embeddings are given, cosine similarity >= ``cos_threshold``;
 - leakage: a duplicate group whose members come from two or more of the named
   datasets (e.g. "train" and "test");
 - class conflicts: identical content under two different labels.
@@ -25,6 +27,7 @@ from typing import Callable, Mapping, Sequence
 
 import imagehash
 import numpy as np
+from PIL import Image
 
 from entrep.data.images import ImageError, load_rgb
 from entrep.data.readers import find_split_manifests, read_dataset
@@ -175,6 +178,7 @@ def audit_datasets(
     near_threshold: int = 4,
     embeddings: Mapping[str, np.ndarray] | None = None,
     cos_threshold: float = 0.98,
+    min_correlation: float | None = 0.99,
     hide_names: bool = False,
     taxonomy: Taxonomy | None = None,
     skip_bad: bool = False,
@@ -183,7 +187,8 @@ def audit_datasets(
     """Audit any number of named datasets (or dataset paths) together.
 
     ``embeddings[name]`` (optional) holds one row per record of dataset
-    ``name``. ``progress(k)`` is called as images are hashed.
+    ``name``. ``min_correlation`` confirms pHash matches on grey thumbnails
+    (None: pHash alone). ``progress(k)`` is called as images are hashed.
     """
     if not isinstance(named, Mapping):
         named = named_datasets(named, taxonomy, skip_bad=skip_bad)
@@ -215,7 +220,11 @@ def audit_datasets(
     edges = []
     if len(ok_idx) > 1:
         hashes = np.array([results[i][1] for i in ok_idx], dtype=np.uint64)
-        edges += [(ok_idx[a], ok_idx[b], "phash", int(d)) for a, b, d in _hamming_pairs(hashes, near_threshold)]
+        for a, b, d in _hamming_pairs(hashes, near_threshold):
+            # confirm: look-alike views of the same anatomy can share a 64-bit pHash, not their thumbnails
+            ta, tb = results[ok_idx[a]][2], results[ok_idx[b]][2]
+            if min_correlation is None or float(ta @ tb) >= min_correlation:
+                edges.append((ok_idx[a], ok_idx[b], "phash", int(d)))
     cos_used = None
     if embeddings is not None:
         cos_used = float(cos_threshold)
@@ -276,8 +285,8 @@ def named_datasets(paths: Sequence[str | Path], taxonomy: Taxonomy | None = None
 
 
 # ---------------------------------------------------------------- hashing
-def _hash_one(path: Path) -> tuple[str, int] | str:
-    """(byte sha256, 64-bit pHash), or the error text for an unreadable file."""
+def _hash_one(path: Path) -> tuple[str, int, np.ndarray] | str:
+    """(byte sha256, 64-bit pHash, unit-norm zero-mean 32x32 grey thumbnail), or the error text."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -288,8 +297,12 @@ def _hash_one(path: Path) -> tuple[str, int] | str:
         return str(e)
     # pHash resizes to 32x32 anyway; a box-filter reduce first gives the same bits ~10x faster
     k = min(img.size) // 128
-    bits = imagehash.phash(img.reduce(k) if k > 1 else img).hash.flatten()
-    return hashlib.sha256(data).hexdigest(), int(np.packbits(bits).view(">u8")[0])
+    small = img.reduce(k) if k > 1 else img
+    bits = imagehash.phash(small).hash.flatten()
+    thumb = np.asarray(small.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
+    thumb -= thumb.mean()
+    thumb /= max(float(np.linalg.norm(thumb)), 1e-6)
+    return hashlib.sha256(data).hexdigest(), int(np.packbits(bits).view(">u8")[0]), thumb
 
 
 def _pixel_hashes(members: list[Member], results: list, ok_idx: list[int]) -> list[tuple[str, int]]:
