@@ -190,6 +190,18 @@ def official_to_timm(sd: dict, model: torch.nn.Module, report: LoadReport) -> di
     return sd
 
 
+def check_registers(sd: dict, model: torch.nn.Module, report: LoadReport) -> None:
+    """Register tokens must match: a -reg4 model needs a checkpoint with registers and vice versa."""
+    want = "reg_token" in model.state_dict()
+    have = "reg_token" in sd
+    if want and not have:
+        raise WeightsError(f"dinov2: {report.path} has no register tokens (reg_token/register_tokens) but the model "
+                           f"expects them; use the encoder name without -reg4")
+    if have and not want:
+        raise WeightsError(f"dinov2: {report.path} has {sd['reg_token'].shape[1]} register tokens (reg_token) but the "
+                           f"model has none; use the -reg4 encoder name")
+
+
 def resample_pos_embed(sd: dict, model: torch.nn.Module, report: LoadReport) -> dict:
     """Resample ``pos_embed`` to the model's patch grid (timm.layers.resample_abs_pos_embed)."""
     from timm.layers import resample_abs_pos_embed
@@ -220,6 +232,7 @@ def load_dinov2_weights(model: torch.nn.Module, path: str | Path) -> LoadReport:
     sd = unchunk_blocks(sd, report)
     if is_official_dinov2(sd):
         sd = official_to_timm(sd, model, report)
+    check_registers(sd, model, report)
     sd = resample_pos_embed(sd, model, report)
     expected = model.state_dict()
     if not any(k.startswith("head.") for k in expected):

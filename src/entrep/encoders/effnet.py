@@ -32,7 +32,7 @@ from entrep.encoders.resolver import (
     register_package_weights,
     require_file,
 )
-from entrep.errors import WeightsError
+from entrep.errors import UserError, WeightsError
 
 CHANNELS = 1280
 #: classifier keys: not used for features, allowed to be absent from a feature-only checkpoint
@@ -64,12 +64,43 @@ class EffNetEncoder(ImageEncoder):
     """EfficientNet-Lite0 final feature map -> laterality-preserving pooled vector."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_map(self.model.extract_features(x), self.config.pooling)
+        return pool_map(self.model.extract_features(x.contiguous(memory_format=torch.channels_last)),
+                        self.config.pooling)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, 1280, 7, 10) map for a preprocessed batch (for custom pooling)."""
         with torch.inference_mode():
-            return self.model.extract_features(x.to(self.device)).float()
+            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+            return self.model.extract_features(x).float().contiguous()
+
+
+def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight = torch.nn.Parameter((conv.weight * scale.reshape(-1, 1, 1, 1)).detach())
+    conv.bias = torch.nn.Parameter(((bias - bn.running_mean) * scale + bn.bias).detach())
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution before it (same maths, ~2x faster on CPU).
+
+    Also makes the ReLU6 activations in-place and the weights channels-last.
+    Only for inference: the model is left in eval mode with BatchNorms replaced by Identity.
+    """
+    model.eval()
+    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for blk in model._blocks:
+        if blk._block_args.expand_ratio != 1:
+            pairs.append((blk, "_expand_conv", "_bn0"))
+        pairs += [(blk, "_depthwise_conv", "_bn1"), (blk, "_project_conv", "_bn2")]
+    with torch.no_grad():
+        for owner, conv, bn in pairs:
+            _fold(getattr(owner, conv), getattr(owner, bn))
+            setattr(owner, bn, torch.nn.Identity())
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU6):
+            m.inplace = True
+    return model.to(memory_format=torch.channels_last)
 
 
 def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.nn.Module:
@@ -103,7 +134,7 @@ def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.
                         summary="EfficientNet-Lite0 ImageNet, offline default, laterality pooling")
 def build_effnet_lite0(name: str, *, weights=None, pooling=None, device=None, precision=None, **options) -> EffNetEncoder:
     if options:
-        raise WeightsError(f"effnet-lite0: unknown options {sorted(options)}")
+        raise UserError(f"effnet-lite0: unknown options {sorted(options)}; known: precision")
     pooling = check_pooling(pooling or BASE.pooling, MAP_POOLINGS)
     source = choose_source(BASE.name, weights, BASE.weights)
     if source.kind == "package":
@@ -118,5 +149,5 @@ def build_effnet_lite0(name: str, *, weights=None, pooling=None, device=None, pr
         raise WeightsError(f"effnet-lite0: weights source {source} is not a file, folder or package; "
                            f"{how_to_point(BASE.name, '/path/to/efficientnet-lite0.pth')}")
     config = dataclasses.replace(BASE, pooling=pooling, dim=pooled_dim(pooling, CHANNELS), weights=str(source))
-    model = load_effnet_lite0(path, config.image_size)
+    model = fold_batchnorm(load_effnet_lite0(path, config.image_size))
     return EffNetEncoder(config, model, device=device, precision=precision, weights_digest=file_digest(path))

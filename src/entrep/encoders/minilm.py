@@ -28,7 +28,7 @@ from entrep.encoders.resolver import (
     register_package_weights,
     weights_digest,
 )
-from entrep.errors import WeightsError
+from entrep.errors import UserError, WeightsError
 
 #: files that decide the output, digested for the fingerprint when present
 FOLDER_FILES = (
@@ -106,7 +106,7 @@ def load_sentence_folder(folder: Path, *, what: str):
                        summary="all-MiniLM-L6-v2 sentence embeddings, English, offline default")
 def build_minilm(name: str, *, weights=None, device=None, precision=None, **options) -> SentenceEncoder:
     if options:
-        raise WeightsError(f"minilm-l6: unknown options {sorted(options)}")
+        raise UserError(f"minilm-l6: unknown options {sorted(options)}; known: precision")
     source = choose_source(BASE.name, weights, BASE.weights)
     if source.kind == "package":
         from entrep.encoders.resolver import resolve_package
