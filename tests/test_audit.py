@@ -202,6 +202,22 @@ def test_cli_audit_exit_codes_and_json(tmp_path):
     assert js["names_hidden"] is True and "sneaky" not in out_json.read_text()
 
 
+def test_cli_skip_bad_skips_missing_but_reports_unreadable(tmp_path):
+    tr, _ = _two_splits(tmp_path)
+    (tmp_path / "train" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    man = tmp_path / "m.jsonl"
+    rows = [{"image": str(p), "label": "throat"} for p in tr]
+    rows += [{"image": "train/broken.png", "label": "throat"}, {"image": "train/gone.png", "label": "throat"}]
+    man.write_text("\n".join(json.dumps(r) for r in rows))
+    runner = CliRunner()
+    res = runner.invoke(app, ["audit", str(man)])
+    assert res.exit_code != 0 and "gone.png" in str(res.exception)
+    res = runner.invoke(app, ["audit", str(man), "--skip-bad", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 1, res.output
+    js = json.loads((tmp_path / "r.json").read_text())
+    assert [u["file"] for u in js["unreadable"]] == ["broken.png"] and js["counts"]["images"] == 7
+
+
 def test_cli_split_writes_manifests(tmp_path):
     src = tmp_path / "data"
     for c in ("nose left", "throat"):

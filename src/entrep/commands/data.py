@@ -26,7 +26,7 @@ def audit(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
     near_threshold: int = typer.Option(4, "--near-threshold", min=0, max=64, help="Largest pHash distance (bits of 64) counted as a near duplicate."),
     hide_names: bool = typer.Option(False, "--hide-names", help="Replace file names with short stable hashes (hospital names may hold patient ids)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad/--no-skip-bad", help="Skip records whose image is missing or unreadable instead of failing."),
+    skip_bad: bool = typer.Option(False, "--skip-bad/--no-skip-bad", help="Skip records whose image file is missing instead of failing (unreadable images are always reported)."),
     taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help=_TAXONOMY_HELP),
 ) -> None:
     """Find unreadable images, exact and near duplicates, leakage between datasets/splits and label conflicts.

@@ -100,7 +100,9 @@ class AuditReport:
         return {"dataset": m.dataset, "file": self._name(m.name), "label": m.label}
 
     def _error(self, m: Member, err: str) -> str:
-        return err.replace(str(m.path), self._name(m.name)).replace(m.name, self._name(m.name)) if self.hide_names else err
+        if not self.hide_names:
+            return err
+        return err.replace(str(m.path), self._name(m.name)).replace(m.name, self._name(m.name))
 
     def _group(self, g: DuplicateGroup) -> dict:
         d = {"kind": g.kind, "datasets": g.datasets, "labels": g.labels,
@@ -260,7 +262,10 @@ def audit_datasets(
 
 def named_datasets(paths: Sequence[str | Path], taxonomy: Taxonomy | None = None, *,
                    skip_bad: bool = False) -> dict[str, Dataset]:
-    """Read dataset paths under short names; a split folder becomes its train/val/test parts."""
+    """Read dataset paths under short names; a split folder becomes its train/val/test parts.
+
+    ``skip_bad`` skips records whose file is missing; unreadable images are kept for the audit to list.
+    """
     out: dict[str, Dataset] = {}
     several = len(paths) > 1
 
@@ -275,12 +280,13 @@ def named_datasets(paths: Sequence[str | Path], taxonomy: Taxonomy | None = None
         splits = find_split_manifests(p)
         if splits:
             for split, f in splits.items():
-                add(f"{p.name}/{split}" if several else split, read_dataset(f, taxonomy, skip_bad=skip_bad))
+                ds = read_dataset(f, taxonomy, skip_bad=skip_bad, check_images=False)
+                add(f"{p.name}/{split}" if several else split, ds)
             continue
         name = p.parent.name if p.name.lower() in ("cls.json", "data.json") and p.parent.name else p.name
         if p.suffix.lower() in (".jsonl", ".json") and p.name.lower() not in ("cls.json", "data.json"):
             name = p.stem
-        add(name or str(p), read_dataset(p, taxonomy, skip_bad=skip_bad))
+        add(name or str(p), read_dataset(p, taxonomy, skip_bad=skip_bad, check_images=False))
     return out
 
 

@@ -7,8 +7,9 @@ Layouts (see docs/data.md and shared/ENTREP_FORMAT.md):
 - a folder of class subfolders (taxonomy inferred from the folder names);
 - a JSONL manifest (:mod:`entrep.data.records`).
 
-Reading is cheap: files are checked for existence only. ``skip_bad=True`` also
-decodes every image and skips (with one warning) what cannot be used.
+Reading is cheap: files are checked for existence only. ``skip_bad=True``
+skips missing files and also decodes every image, skipping (with one warning)
+what cannot be used.
 """
 
 from __future__ import annotations
@@ -44,14 +45,23 @@ _SHOW = 5  # how many names an error or warning lists
 
 
 # ---------------------------------------------------------------- public API
-def read_dataset(path: str | Path, taxonomy: Taxonomy | None = None, *, skip_bad: bool = False) -> Dataset:
+def read_dataset(path: str | Path, taxonomy: Taxonomy | None = None, *, skip_bad: bool = False,
+                 check_images: bool | None = None) -> Dataset:
     """Read a dataset from any supported layout, detected from ``path``.
 
     ``taxonomy=None`` means ENT, except for class folders (inferred from the
     folder names) and manifests with a ``taxonomy.json`` beside them.
     Missing image files raise :class:`DataError` (``skip_bad``: warn and skip).
+    ``check_images`` (default: ``skip_bad``) decodes every image and skips the
+    unreadable ones with a warning.
     """
-    p = Path(path).expanduser()
+    ds = _read_any(Path(path).expanduser(), taxonomy, skip_bad)
+    if skip_bad if check_images is None else check_images:
+        ds = _drop_unreadable(ds)
+    return ds
+
+
+def _read_any(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
     if p.is_file():
@@ -226,7 +236,6 @@ def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
     records = [replace(r, pair=on_disk.get(r.pair, r.pair)) if r.pair else r for r in records]
     finder.report_case_fixes()
     _handle_missing(cls_file, missing, skip_bad)
-    records = _verify(cls_file, records, skip_bad)
     names = {r.name for r in records}
     queries = [(t, on_disk[n]) for t, n in queries if on_disk.get(n) in names]
     return _dataset(cls_file, records, root, tax, queries)
@@ -269,7 +278,6 @@ def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_ba
         log.warning("%s: %d image(s) listed more than once; kept the first entry", data_file, repeated)
     finder.report_case_fixes()
     _handle_missing(data_file, missing, skip_bad)
-    records = _verify(data_file, records, skip_bad)
     return _dataset(data_file, records, root, tax, [])
 
 
@@ -281,7 +289,6 @@ def _read_class_folders(root: Path, classes: dict[str, list[Path]], taxonomy: Ta
     for folder, files in sorted(classes.items()):
         label = _label(root, tax, folder, f"class folder {folder!r}")
         records += [Record(image=f, label=label) for f in files]
-    records = _verify(root, records, skip_bad)
     return _dataset(root, records, root.resolve(), tax, [])
 
 
@@ -296,7 +303,6 @@ def _read_jsonl(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
     for r in ds.records:
         (kept if r.image.is_file() else missing).append(r)
     _handle_missing(p, [str(r.image) for r in missing], skip_bad)
-    kept = _verify(p, kept, skip_bad)
     names = {r.name for r in kept}
     return _dataset(p, kept, ds.root, tax, [q for q in ds.text_queries if q[1] in names])
 
@@ -420,12 +426,10 @@ def _handle_missing(source: Path, missing: list[str], skip_bad: bool) -> None:
     log.warning("%s: skipped %d record(s) whose image file is missing: %s", source, len(missing), shown)
 
 
-def _verify(source: Path, records: list[Record], skip_bad: bool) -> list[Record]:
-    """With skip_bad, decode every image and drop (with one warning) those that fail."""
-    if not skip_bad or not records:
-        return records
+def _drop_unreadable(ds: Dataset) -> Dataset:
+    """Decode every image; drop (with one warning) those that fail."""
 
-    def ok(r: Record) -> str | None:
+    def error(r: Record) -> str | None:
         try:
             load_rgb(r.image)
             return None
@@ -433,11 +437,15 @@ def _verify(source: Path, records: list[Record], skip_bad: bool) -> list[Record]
             return str(e)
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        errors = list(pool.map(ok, records))
+        errors = list(pool.map(error, ds.records))
     bad = [e for e in errors if e]
-    if bad:
-        log.warning("%s: skipped %d unreadable image(s): %s", source, len(bad), "; ".join(bad[:3]))
-    return [r for r, e in zip(records, errors) if e is None]
+    if not bad:
+        return ds
+    log.warning("%s: skipped %d unreadable image(s): %s", ds.source, len(bad), "; ".join(bad[:3]))
+    kept = ds.subset(i for i, e in enumerate(errors) if e is None)
+    if not kept.records:
+        raise DataError(f"{ds.source}: dataset has no usable images")
+    return kept
 
 
 def _dataset(source: Path, records: list[Record], root: Path, tax: Taxonomy, queries: list) -> Dataset:

@@ -230,7 +230,9 @@ def _targets(counts: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
     bumped = np.zeros_like(t, dtype=bool)
     while row_left.sum() > 0:
         cells = [(c, s) for c in range(len(counts)) if row_left[c] > 0 for s in range(len(r)) if r[s] > 0]
-        c, s = max(cells, key=lambda cs: (not bumped[cs], col_left[cs[1]] > 0, frac[cs], col_left[cs[1]], -cs[0], -cs[1]))
+        # prefer: one extra per cell, a split below its total, the largest remainder, the split furthest below
+        c, s = max(cells, key=lambda cs: (not bumped[cs], col_left[cs[1]] > 0, frac[cs], col_left[cs[1]],
+                                          -cs[0], -cs[1]))
         t[c, s] += 1
         row_left[c] -= 1
         col_left[s] -= 1
