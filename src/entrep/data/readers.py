@@ -238,7 +238,7 @@ def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
     _handle_missing(cls_file, missing, skip_bad)
     names = {r.name for r in records}
     queries = [(t, on_disk[n]) for t, n in queries if on_disk.get(n) in names]
-    return _dataset(cls_file, records, root, tax, queries)
+    return _dataset(cls_file, records, finder.root, tax, queries)
 
 
 def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
