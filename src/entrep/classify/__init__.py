@@ -1,0 +1,42 @@
+"""Classification models on precomputed feature arrays (numpy in, numpy out).
+
+- :mod:`~entrep.classify.fusion`: image-text fusion maths (eq. 1-2), slerp.
+- :mod:`~entrep.classify.prototypes`: :class:`PrototypeClassifier`, nearest
+  class prototype by cosine (FAISS), softmax confidence.
+- :mod:`~entrep.classify.align`: :class:`JointAlignment`, contrastive
+  projections putting image and text features into one space (offline profile).
+- :mod:`~entrep.classify.heads`: the paper's :class:`MLPHead` and its trainer
+  :class:`HeadClassifier`.
+- :mod:`~entrep.classify.hybrid`: :class:`HybridClassifier` (prototypes first,
+  heads where confidence is low).
+
+Names are imported lazily so ``import entrep.classify.fusion`` does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "l2_normalize": "fusion",
+    "alignment_weight": "fusion",
+    "fuse": "fusion",
+    "slerp": "fusion",
+    "PrototypeClassifier": "prototypes",
+    "group_prototypes": "prototypes",
+    "class_prototypes": "prototypes",
+    "JointAlignment": "align",
+    "MLPHead": "heads",
+    "HeadClassifier": "heads",
+    "HybridClassifier": "hybrid",
+    "FeatureError": "_common",
+    "NotFittedModelError": "_common",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
