@@ -1,5 +1,50 @@
-"""CLI commands for this area (registered on entrep.cli.app)."""
+"""CLI: ``entrep embed`` (export embeddings) and ``entrep encoders`` (list registered encoders)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
 from entrep.cli import app, console  # noqa: F401
+
+
+@app.command("embed")
+def embed_cmd(
+    data: Path = typer.Argument(..., help="ENTRep folder, data.json, class folders or a JSONL manifest."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz (or .parquet with pyarrow)."),
+    profile: str = typer.Option("offline", "--profile", "-p", help="offline, paper, or a profile .yaml/.json file."),
+    view: str = typer.Option("orig", "--view", help="orig, flip, augK or augK-flip."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default $ENTREP_CACHE or ~/.cache/entrep/features)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Export image (and caption) embeddings of DATA, row-aligned with its records."""
+    from entrep.data.augment import parse_view
+    from entrep.embed import export_embeddings
+
+    parse_view(view)
+    show = sys.stderr.isatty() if progress is None else progress
+    path = export_embeddings(data, out, profile=profile, view=view, cache=cache, batch_size=batch_size,
+                             progress=show, device=device)
+    console.print(f"wrote {path}")
+
+
+@app.command("encoders")
+def encoders_cmd(
+    pattern: str = typer.Argument("*", help="Glob over encoder names, e.g. 'dinov2*'."),
+    aliases: bool = typer.Option(False, "--aliases", help="Also list alias names."),
+) -> None:
+    """List registered image and text encoders (and the built-in profiles)."""
+    from entrep.encoders import list_encoders
+    from entrep.encoders.profiles import list_profiles
+    from entrep.encoders.registry import IMAGE, TEXT
+
+    for kind, reg in (("image", IMAGE), ("text", TEXT)):
+        for name in list_encoders(pattern, kind=kind, aliases=aliases):
+            entry = reg.entry(name)
+            sys.stdout.write(f"{kind:5}  {name:38}  {entry.summary}\n")
+    sys.stdout.write(f"profiles: {', '.join(list_profiles())}\n")

@@ -1,0 +1,132 @@
+"""Export image (and text) embeddings of a dataset as row-aligned arrays: ``entrep embed``.
+
+The file (``.npz``; ``.parquet`` when pyarrow is installed) holds, row-aligned
+with the dataset's records:
+
+- ``image_embeddings``  (N, D) float32 from the profile's clip image encoder
+- ``head_embeddings``   (N, H) float32 from the head image encoder, only when it differs
+- ``text_embeddings``   (N, T) float32 of the English caption; NaN rows where there is none
+- ``has_text``          (N,) bool
+- ``paths`` (relative to the dataset root when inside it), ``labels`` ("" when unlabelled),
+  ``texts``, and the encoder names and fingerprints, the profile name and the view.
+
+Vietnamese captions (``text_vi``) stay in the records; they are embedded only
+by a multilingual text encoder (none of the built-in ones is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from entrep.errors import UserError
+from entrep.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def compute_embeddings(dataset, profile="offline", *, view: str = "orig", cache=None, batch_size: int = 32,
+                       progress: bool = False, device=None) -> dict[str, Any]:
+    """Embeddings of a Dataset (or a DATA path) as a dict of row-aligned arrays + metadata."""
+    from entrep.encoders.profiles import get_profile
+    from entrep.features import FeatureCache
+
+    if isinstance(dataset, (str, Path)):
+        from entrep.data.readers import read_dataset
+
+        dataset = read_dataset(dataset)
+    if not len(dataset.records):
+        raise UserError(f"{dataset.source or dataset.root}: no images to embed")
+    prof = get_profile(profile)
+    fc = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    records = dataset.records
+    paths = [r.image for r in records]
+
+    clip_image = prof.build_clip_image(device=device)
+    arrays: dict[str, Any] = {
+        "image_embeddings": fc.image_features(clip_image, paths, view=view, batch_size=batch_size, progress=progress),
+    }
+    meta = {"profile": prof.name, "view": view, "image_encoder": clip_image.config.name,
+            "image_fingerprint": clip_image.fingerprint, "image_pooling": clip_image.config.pooling}
+    if not prof.head_shares_clip:
+        head = prof.build_head_image(device=device)
+        arrays["head_embeddings"] = fc.image_features(head, paths, view=view, batch_size=batch_size, progress=progress)
+        meta.update(head_encoder=head.config.name, head_fingerprint=head.fingerprint, head_pooling=head.config.pooling)
+
+    texts = [r.text or "" for r in records]
+    has_text = np.array([bool(t.strip()) for t in texts], dtype=bool)
+    text_enc = prof.build_clip_text(device=device)
+    if any(r.text_vi for r in records) and "vi" not in text_enc.config.languages:
+        log.info("Vietnamese captions are kept in the records but not embedded: %s is %s-only",
+                 text_enc.config.name, "/".join(text_enc.config.languages))
+    text_emb = np.full((len(records), text_enc.config.dim), np.nan, dtype=np.float32)
+    if has_text.any():
+        idx = np.flatnonzero(has_text)
+        text_emb[idx] = fc.text_features(text_enc, [texts[i] for i in idx], progress=progress)
+    arrays.update(text_embeddings=text_emb, has_text=has_text)
+    meta.update(text_encoder=text_enc.config.name, text_fingerprint=text_enc.fingerprint, joint=prof.joint)
+    arrays.update(
+        paths=np.array([_rel(p, dataset.root) for p in paths], dtype=str),
+        labels=np.array([r.label or "" for r in records], dtype=str),
+        texts=np.array(texts, dtype=str),
+    )
+    return {"arrays": arrays, "meta": meta}
+
+
+def export_embeddings(dataset, out: str | Path, profile="offline", *, view: str = "orig", cache=None,
+                      batch_size: int = 32, progress: bool = False, device=None) -> Path:
+    """Compute and write embeddings atomically to ``out`` (.npz, or .parquet with pyarrow)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".npz", ".parquet"):
+        raise UserError(f"{out}: output must end in .npz or .parquet")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError(f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use a .npz file") from None
+    res = compute_embeddings(dataset, profile, view=view, cache=cache, batch_size=batch_size, progress=progress,
+                             device=device)
+    (write_parquet if suffix == ".parquet" else write_npz)(out, res["arrays"], res["meta"])
+    log.info("wrote %d embeddings to %s", len(res["arrays"]["paths"]), out)
+    return out
+
+
+def write_npz(out: Path, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Arrays + one ``meta`` JSON string, loadable with ``np.load(out)`` (no pickle)."""
+    payload = dict(arrays)
+    payload["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    for k, v in meta.items():
+        payload[f"meta_{k}"] = np.array(v if not isinstance(v, bool) else bool(v))
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+
+
+def write_parquet(out: Path, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    """One row per image; vectors as fixed-size float32 lists; meta in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.ndim == 2:
+            flat = pa.array(v.reshape(-1), type=pa.float32())
+            cols[k] = pa.FixedSizeListArray.from_arrays(flat, v.shape[1])
+        else:
+            cols[k] = pa.array(v.tolist())
+    table = pa.table(cols).replace_schema_metadata({"entrep": json.dumps(meta, sort_keys=True)})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, str(tmp))
