@@ -182,13 +182,14 @@ def test_add_after_build_without_rebuild(kind):
 
 # ---- filtering --------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("through_faiss", [False, True])
-def test_filters_never_return_filtered_or_excluded_rows(kind, through_faiss, monkeypatch):
-    if through_faiss:  # force the IDSelector path instead of numpy over the small allowed subset
-        monkeypatch.setattr(index_mod, "EXACT_SUBSET_ROWS", 0)
+@pytest.mark.parametrize("approximate", [False, True])
+def test_filters_never_return_filtered_or_excluded_rows(kind, approximate, monkeypatch):
+    if approximate:  # force the approximate structure + IDSelector path instead of the exact scan
+        monkeypatch.setattr(index_mod, "EXACT_FILTER_FRACTION", 0.0)
     g, x = build(kind, n=420)
+    g.remove([0, 1, 2, 200])  # HNSW rebuilds; exact scans must still map storage rows to the right ids
     rng = np.random.default_rng(1)
-    qi = rng.choice(420, size=12, replace=False)
+    qi = rng.choice(np.arange(3, 420), size=12, replace=False)
     q = x[qi] + 0.05 * rng.normal(size=(12, 16)).astype(np.float32)
     labels = np.array([it.label for it in g.items])
     per_query_labels = [{LABELS[j % 7]} for j in range(12)]
@@ -200,20 +201,41 @@ def test_filters_never_return_filtered_or_excluded_rows(kind, through_faiss, mon
         assert len(hits) == k
         assert all(h.label == LABELS[j % 7] and h.id not in excl[j] for h in hits)
         assert len({h.id for h in hits}) == k
-        if kind == "flat":
+        if kind == "flat" or not approximate:  # a filter allowing 1/7 of the rows is answered exactly
             assert [h.id for h in hits] == exact_top(g, q[j], k, allowed_rows)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_selective_filter_still_fills_k(kind, monkeypatch):
-    # HNSW graph search with a selector keeping 0.5% of rows comes back short; the index must rescore exactly
-    monkeypatch.setattr(index_mod, "EXACT_SUBSET_ROWS", 0)
+    # HNSW graph search with a selector keeping 0.5% of rows comes back short; the index must search exactly
+    monkeypatch.setattr(index_mod, "EXACT_FILTER_FRACTION", 0.0)
     g, x = build(kind, n=800)
     keep = np.zeros(800, bool)
     keep[[5, 77, 300, 640]] = True
     hits = g.search(x[400], 10, allowed=keep)[0]
     assert sorted(h.id for h in hits) == [5, 77, 300, 640]
     assert [h.id for h in hits] == exact_top(g, x[400], 10, np.flatnonzero(keep))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_short_approximate_results_are_completed_exactly(kind, monkeypatch):
+    # an approximate search that misses allowed rows (a graph walk that never reaches them) must not shorten results
+    g, x = build(kind, n=300)
+    real = g._faiss_search
+
+    def lossy(q, k, mask, *, exact, frac=1.0):
+        scores, ids = real(q, k, mask, exact=exact, frac=frac)
+        if not exact:
+            ids = ids.copy()
+            ids[:, 1:] = -1
+        return scores, ids
+
+    monkeypatch.setattr(g, "_faiss_search", lossy)
+    for allowed in (None, g.label_mask(LABELS[:4])):
+        hits = g.search(x[7], 10, allowed=allowed, exclude_ids=[{7}])[0]
+        rows = np.flatnonzero(allowed) if allowed is not None else None
+        rows = [r for r in (rows if rows is not None else range(300)) if r != 7]
+        assert [h.id for h in hits] == exact_top(g, x[7], 10, rows)
 
 
 def test_allowed_forms_mask_callable_labels_and_2d():
@@ -277,7 +299,7 @@ def test_build_report_recall_matches_an_independent_count():
     # unclustered data, 38 lists, 1 probed: a poor index whose recall the report must measure honestly
     rng = np.random.default_rng(5)
     x = rng.normal(size=(1500, 16)).astype(np.float32)
-    g = GalleryIndex(16, kind="ivf", nprobe=1, report_queries=60)
+    g = GalleryIndex(16, kind="ivf", nprobe=1, report_queries=60, target_recall=None)
     g.add(x, meta(1500))
     r = g.build_report
     rows = np.sort(np.random.default_rng(g.seed).choice(1500, size=60, replace=False))
@@ -362,3 +384,43 @@ def test_load_errors_are_model_errors(tmp_path):
     (folder / "index.faiss").unlink()
     with pytest.raises(ModelError, match="missing"):
         GalleryIndex.load(folder)
+
+
+def test_single_query_search_restores_the_faiss_thread_setting():
+    import faiss
+
+    g, x = build("hnsw", n=50)
+    before = faiss.omp_get_max_threads()
+    g.search(x[:1], 3)  # runs on one thread
+    g.search(np.repeat(x, 1, axis=0), 3)  # a batch uses the configured threads
+    assert faiss.omp_get_max_threads() == before
+
+
+def test_failed_add_leaves_the_index_unchanged(monkeypatch):
+    g = GalleryIndex(16, kind="auto", auto_threshold=30)
+    g.add(clustered(20), meta(20))
+
+    def boom(kind):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(g, "_build", boom)  # crossing the threshold triggers a rebuild, which fails
+    with pytest.raises(MemoryError):
+        g.add(clustered(60, seed=1), meta(60, start=20))
+    assert len(g) == 20 and g.next_id == 20 and len(g.items) == 20 and g.kind == "flat"
+    assert g.search(clustered(20)[3], 1)[0][0].id == 3
+
+
+@pytest.mark.parametrize("kind, weak", [("ivf", {"nprobe": 1}), ("hnsw", {"hnsw_m": 4, "ef_construction": 8, "ef_search": 4})])
+def test_search_effort_is_raised_until_target_recall(kind, weak, caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="entrep.retrieval.index")
+    x = np.random.default_rng(5).normal(size=(1500, 16)).astype(np.float32)
+    untuned = GalleryIndex(16, kind=kind, target_recall=None, **weak)
+    untuned.add(x, meta(1500))
+    g = GalleryIndex(16, kind=kind, target_recall=0.95, **weak)
+    g.add(x, meta(1500))
+    assert untuned.build_report.recall_at_10 < 0.95 <= g.build_report.recall_at_10
+    key = "nprobe" if kind == "ivf" else "efSearch"
+    assert g.params[key] > untuned.params[key] and g.build_report.params == g.params
+    assert f"{key} " in caplog.text
+    g.save(tmp_path / "g")
+    assert GalleryIndex.load(tmp_path / "g").measure_approximation().recall_at_10 == g.build_report.recall_at_10

@@ -28,13 +28,19 @@ measured on a seeded sample of the gallery's own vectors and kept in
 :attr:`GalleryIndex.build_report` (and logged).
 
 Filtering (:meth:`GalleryIndex.search` ``allowed=`` / ``exclude_ids=``) never
-returns a filtered-out or excluded row: FAISS searches with an ``IDSelector``,
-small allowed subsets are scored exactly in numpy, and any approximate search
-that comes back short is redone exactly over the allowed rows.
+returns a filtered-out or excluded row: FAISS searches with an ``IDSelector``.
+Flat search is exact. Approximate indexes answer filters that allow at most
+30% of the rows (:data:`EXACT_FILTER_FRACTION`) by an exact scan of the allowed
+vectors (HNSW through its flat storage, IVF with every list probed): graph and
+list search lose most of their recall when the allowed rows lie away from the
+query. Wider filters widen efSearch / nprobe by 1/fraction, and any
+approximate search that comes back short is redone exactly. Batches under 20 queries run FAISS on one thread: on a small
+shared machine OpenMP start-up and spinning cost more than a second core saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -58,7 +64,8 @@ KINDS = ("auto", "flat", "hnsw", "ivf")
 AUTO_THRESHOLD = 100_000
 AUTO_APPROX_KIND = "ivf"
 IVF_MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below 39 training points per centroid
-EXACT_SUBSET_ROWS = 4096  # filtered queries over at most this many rows are scored exactly in numpy
+EXACT_FILTER_FRACTION = 0.3  # approximate indexes answer filters allowing <= this share of rows by exact scan
+SINGLE_THREAD_BELOW = 20  # batches smaller than this search on one thread: OpenMP start-up costs more than it saves
 
 _META_FILE = "gallery.json"
 _VECTORS_FILE = "vectors.npy"
@@ -86,6 +93,7 @@ class GalleryItem:
 
 
 _ITEM_KEYS = tuple(f.name for f in fields(GalleryItem) if f.name != "id")
+_ALLOWED_KEYS = frozenset(_ITEM_KEYS) | {"id"}
 
 
 class Hit(NamedTuple):
@@ -138,7 +146,9 @@ class GalleryIndex:
     ``auto_threshold`` (row count at which "auto" turns approximate),
     ``hnsw_m`` / ``ef_construction`` / ``ef_search`` (HNSW), ``nprobe`` (IVF lists
     probed per query; None: ``max(8, nlist // 16)``), ``report_queries`` (sample
-    size for :attr:`build_report`), ``seed`` (sampling for training and reports).
+    size for :attr:`build_report`), ``target_recall`` (after a build, nprobe /
+    efSearch are doubled until the measured recall@10 reaches it; None: keep
+    them as given), ``seed`` (sampling for training and reports).
 
     Rows are in insertion order; :attr:`ids`, :attr:`vectors` and :attr:`items`
     are aligned with each other (and with any boolean ``allowed`` mask).
@@ -157,6 +167,7 @@ class GalleryIndex:
         ef_search: int = 128,
         nprobe: int | None = None,
         report_queries: int = 200,
+        target_recall: float | None = 0.95,
         seed: int = 0,
     ) -> None:
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
@@ -173,10 +184,15 @@ class GalleryIndex:
         self.ef_search = int(ef_search)
         self.nprobe = None if nprobe is None else int(nprobe)
         self.report_queries = int(report_queries)
+        if target_recall is not None and not 0 < target_recall <= 1:
+            raise UserError(f"target_recall must be in (0, 1] or None, got {target_recall}")
+        self.target_recall = target_recall
         self.seed = int(seed)
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)
         self._ids = np.zeros(0, dtype=np.int64)
         self._items: list[GalleryItem] = []
+        self._codes = np.zeros(0, dtype=np.int32)  # per-row label code, for fast label masks
+        self._label_code: dict[str | None, int] = {}
         self._row: dict[int, int] = {}
         self._next_id = 0
         self._faiss: faiss.Index | None = None
@@ -240,8 +256,11 @@ class GalleryIndex:
 
     def label_mask(self, labels: Iterable[str | None]) -> np.ndarray:
         """Boolean row mask of rows whose label is in ``labels``."""
-        want = set(labels)
-        return self.mask(lambda it: it.label in want)
+        want = [self._label_code[lab] for lab in set(labels) if lab in self._label_code]
+        return np.isin(self._codes, np.array(want, dtype=np.int32))
+
+    def _encode_labels(self, items: Sequence[GalleryItem]) -> np.ndarray:
+        return np.array([self._label_code.setdefault(it.label, len(self._label_code)) for it in items], dtype=np.int32)
 
     def _rows_of(self, ids: Iterable[int]) -> list[int]:
         rows, unknown = [], []
@@ -277,22 +296,28 @@ class GalleryIndex:
             dup = sorted({it.name for it in items if it.name in seen} | _repeated(it.name for it in items))
             if dup:
                 log.warning("gallery now holds several rows named %s; name-based lookups return all of them", dup[:5])
-            start = len(self._ids)
-            self._vectors = np.concatenate([self._vectors, vecs]) if start else vecs
-            self._ids = np.concatenate([self._ids, new_ids])
-            self._items.extend(items)
-            self._row.update({int(i): start + r for r, i in enumerate(new_ids)})
-            self._next_id += len(vecs)
-            target = self._resolve_kind(len(self._ids))
-            if self._faiss is None or target != self._kind:
-                if self._faiss is not None:
-                    log.info("gallery grew to %d rows: switching index from %s to %s", len(self), self._kind, target)
-                self._build(target)
-            else:
-                self._faiss.add_with_ids(vecs, new_ids)
-                if self._kind == "ivf" and len(self) > 4 * self._trained_on:
-                    log.info("IVF lists were trained on %d rows and the gallery now has %d; call rebuild() to retrain",
-                             self._trained_on, len(self))
+            saved = (self._vectors, self._ids, self._items, self._codes, self._row, self._next_id)
+            try:
+                start = len(self._ids)
+                self._vectors = np.concatenate([self._vectors, vecs]) if start else vecs
+                self._ids = np.concatenate([self._ids, new_ids])
+                self._items = self._items + items
+                self._codes = np.concatenate([self._codes, self._encode_labels(items)])
+                self._row = {**self._row, **{int(i): start + r for r, i in enumerate(new_ids)}}
+                self._next_id += len(vecs)
+                target = self._resolve_kind(len(self._ids))
+                if self._faiss is None or target != self._kind:
+                    if self._faiss is not None:
+                        log.info("gallery grew to %d rows: switching index from %s to %s", len(self), self._kind, target)
+                    self._build(target)
+                else:
+                    self._faiss.add_with_ids(vecs, new_ids)
+            except BaseException:  # leave the index as it was (a failed build never replaces self._faiss)
+                self._vectors, self._ids, self._items, self._codes, self._row, self._next_id = saved
+                raise
+            if self._kind == "ivf" and len(self) > 4 * self._trained_on:
+                log.info("IVF lists were trained on %d rows and the gallery now has %d; call rebuild() to retrain",
+                         self._trained_on, len(self))
             return [int(i) for i in new_ids]
 
     def remove(self, ids_or_names: int | str | Iterable[int | str], *, missing_ok: bool = False) -> list[int]:
@@ -334,6 +359,7 @@ class GalleryIndex:
             self._vectors = np.ascontiguousarray(self._vectors[keep])
             self._ids = self._ids[keep]
             self._items = [it for it, k in zip(self._items, keep) if k]
+            self._codes = self._codes[keep]
             self._row = {int(i): r for r, i in enumerate(self._ids)}
             if self._faiss is not None:
                 if self._kind == "hnsw":
@@ -400,50 +426,87 @@ class GalleryIndex:
         if kind == "flat":
             self.build_report = None
             log.debug("built exact flat index over %d rows in %.2fs", n, build_s)
-        else:
-            self.build_report = self.measure_approximation(build_s=build_s)
-            r = self.build_report
-            log.info("built %s index over %d rows (%s) in %.1fs: recall@10 vs exact %s, %.2f ms/query (exact %.2f)",
-                     kind, n, params, build_s, "n/a" if r.recall_at_10 is None else f"{r.recall_at_10:.3f}",
-                     r.approx_ms_per_query, r.exact_ms_per_query)
+            return
+        truth = self._ground_truth()
+        report = self.measure_approximation(build_s=build_s, _truth=truth)
+        while (self.target_recall is not None and report.recall_at_10 is not None
+               and report.recall_at_10 < self.target_recall and self._widen()):
+            report = self.measure_approximation(build_s=build_s, _truth=truth)
+        self.build_report = report
+        log.info("built %s index over %d rows (%s) in %.1fs: recall@10 vs exact %s, %.2f ms/query (exact %.2f)",
+                 kind, n, self._params, build_s, "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}",
+                 report.approx_ms_per_query, report.exact_ms_per_query)
 
-    def measure_approximation(self, n_queries: int | None = None, *, k: int = 10, build_s: float = 0.0) -> BuildReport:
+    def _widen(self) -> bool:
+        """Double nprobe (IVF) or efSearch (HNSW) without rebuilding; False when already at the limit."""
+        n = len(self)
+        if self._kind == "ivf":
+            nlist, nprobe = self._params["nlist"], self._params["nprobe"]
+            if nprobe >= nlist:
+                return False
+            self._faiss.nprobe = self._params["nprobe"] = min(nlist, 2 * nprobe)
+            log.info("IVF recall below %.2f: nprobe %d -> %d", self.target_recall, nprobe, self._faiss.nprobe)
+            return True
+        ef = self._params["efSearch"]
+        if ef >= n:
+            return False
+        new = min(n, 2 * ef)
+        faiss.downcast_index(self._faiss.index).hnsw.efSearch = self._params["efSearch"] = new
+        log.info("HNSW recall below %.2f: efSearch %d -> %d", self.target_recall, ef, new)
+        return True
+
+    def _sample_rows(self, n_queries: int | None) -> np.ndarray:
+        n = len(self)
+        m = min(n, self.report_queries if n_queries is None else n_queries)
+        return np.sort(np.random.default_rng(self.seed).choice(n, size=m, replace=False)) if m else np.zeros(0, np.int64)
+
+    def _ground_truth(self, n_queries: int | None = None, k: int = 10) -> tuple[np.ndarray, list[set[int]]]:
+        """(sampled rows, exact k nearest ids of each sampled row, itself left out)."""
+        rows = self._sample_rows(n_queries)
+        kk = min(k, len(self) - 1)
+        truth: list[set[int]] = []
+        if kk >= 1:
+            for j in range(0, len(rows), 256):  # blocks bound memory
+                block = self._vectors[rows[j : j + 256]] @ self._vectors.T
+                block[np.arange(len(block)), rows[j : j + 256]] = -np.inf
+                top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+                truth += [set(self._ids[t].tolist()) for t in top]
+        return rows, truth
+
+    def measure_approximation(self, n_queries: int | None = None, *, k: int = 10, build_s: float = 0.0,
+                              _truth: tuple[np.ndarray, list[set[int]]] | None = None) -> BuildReport:
         """Recall@k of the current structure against exact search, on a seeded sample of gallery rows.
 
         Each sampled row is a query; its own row is left out of both the exact
-        and the approximate neighbour lists. Also times single-query searches.
+        and the approximate neighbour lists. Also times single-query searches
+        (approximate, and the exact scan this index falls back to).
         """
         with self._lock:
             n = len(self)
-            m = min(n, self.report_queries if n_queries is None else n_queries)
-            rng = np.random.default_rng(self.seed)
-            rows = np.sort(rng.choice(n, size=m, replace=False)) if m else np.zeros(0, dtype=np.int64)
+            rows, truth = _truth if _truth is not None else self._ground_truth(n_queries, k)
+            m = len(rows)
             q = self._vectors[rows]
             kk = min(k, n - 1)
             recall = None
             approx_ms = exact_ms = 0.0
             if m:
-                t0 = time.perf_counter()
-                for j in range(m):
-                    self._faiss.search(q[j : j + 1], min(kk + 1, n))
-                approx_ms = (time.perf_counter() - t0) * 1000 / m
-                n_time = min(m, 20)
-                t0 = time.perf_counter()
-                for j in range(n_time):
-                    s = self._vectors @ q[j]
-                    np.argpartition(-s, min(kk, n - 1))[: kk + 1]
-                exact_ms = (time.perf_counter() - t0) * 1000 / n_time
+                with _faiss_threads(1):
+                    t0 = time.perf_counter()
+                    for j in range(m):
+                        self._faiss.search(q[j : j + 1], min(kk + 1, n))
+                    approx_ms = (time.perf_counter() - t0) * 1000 / m
+                    n_time = min(m, 20)
+                    t0 = time.perf_counter()
+                    for j in range(n_time):
+                        self._faiss_search(q[j : j + 1], min(kk + 1, n), None, exact=True)
+                    exact_ms = (time.perf_counter() - t0) * 1000 / n_time
             if m and kk >= 1:
                 _, approx_ids = self._faiss.search(q, kk + 1)
                 hits = 0
-                for j in range(0, m, 256):  # exact neighbours in blocks to bound memory
-                    block = q[j : j + 256] @ self._vectors.T
-                    block[np.arange(len(block)), rows[j : j + 256]] = -np.inf
-                    top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
-                    for b, exact_rows in enumerate(top):
-                        own = self._ids[rows[j + b]]
-                        got = [i for i in approx_ids[j + b] if i >= 0 and i != own][:kk]
-                        hits += len(set(self._ids[exact_rows].tolist()) & set(int(i) for i in got))
+                for j, exact in enumerate(truth):
+                    own = int(self._ids[rows[j]])
+                    got = [int(i) for i in approx_ids[j] if i >= 0 and i != own][:kk]
+                    hits += len(exact & set(got))
                 recall = hits / (m * kk)
             return BuildReport(kind=self._kind, n=n, dim=self.dim, params=dict(self._params), build_s=round(build_s, 4),
                                n_sample=m, recall_at_10=recall, approx_ms_per_query=round(approx_ms, 4),
@@ -492,10 +555,11 @@ class GalleryIndex:
                     masks[key] = self._spec_mask(spec, f"allowed[{j}]" if isinstance(allowed, (list, tuple)) else "allowed")
                 groups.setdefault(key, []).append(j)
             out: list[list[Hit]] = [[] for _ in range(n_q)]
-            for key, members in groups.items():
-                hits = self._search_group(q[members], masks[key], [excl[j] for j in members], k)
-                for j, h in zip(members, hits):
-                    out[j] = h
+            with _faiss_threads(1 if n_q < SINGLE_THREAD_BELOW else None):
+                for key, members in groups.items():
+                    hits = self._search_group(q[members], masks[key], [excl[j] for j in members], k)
+                    for j, h in zip(members, hits):
+                        out[j] = h
             return out
 
     def _per_query(self, spec, n_q: int, what: str) -> list:
@@ -541,64 +605,86 @@ class GalleryIndex:
                         f"got {type(spec).__name__} {spec!r:.60}")
 
     def _search_group(self, q: np.ndarray, mask: np.ndarray | None, excl: list[frozenset], k: int) -> list[list[Hit]]:
+        """Search queries sharing one allowed-row mask; each query has its own excluded ids."""
         n = len(self)
-        allowed_rows = None if mask is None else np.flatnonzero(mask)
-        n_allowed = n if allowed_rows is None else len(allowed_rows)
+        n_allowed = n if mask is None else int(mask.sum())
         if n_allowed == 0:
             return [[] for _ in q]
-        if allowed_rows is not None and n_allowed <= EXACT_SUBSET_ROWS:
-            return [self._exact(q[j], allowed_rows, excl[j], k) for j in range(len(q))]
-        extra = max(len(e) for e in excl)
-        k_fetch = min(k + extra, n)
-        bitmap = None  # must outlive the search: the selector points into it
-        if allowed_rows is None:
-            scores, labels = self._faiss.search(q, k_fetch)
-        else:
-            bits = np.zeros(self._next_id, dtype=bool)
-            bits[self._ids[allowed_rows]] = True
-            bitmap = np.packbits(bits, bitorder="little")
-            sel = faiss.IDSelectorBitmap(self._next_id, faiss.swig_ptr(bitmap))
-            scores, labels = self._faiss.search(q, k_fetch, params=self._search_params(sel))
+        frac = n_allowed / n
+        exact = self._kind == "flat" or (mask is not None and frac <= EXACT_FILTER_FRACTION)
+        k_fetch = min(k + max(len(e) for e in excl), n_allowed)
+        scores, labels = self._faiss_search(q, k_fetch, mask, exact=exact, frac=frac)
         results = []
         for j in range(len(q)):
             e = excl[j]
             want = min(k, n_allowed - sum(1 for i in e if i in self._row and (mask is None or mask[self._row[i]])))
-            hits = []
-            for i, s in zip(labels[j].tolist(), scores[j].tolist()):
-                if i < 0 or i in e:
-                    continue
-                r = self._row.get(i)
-                if r is None or (mask is not None and not mask[r]):
-                    continue  # defensive: FAISS returned a row the filter forbids
-                hits.append(Hit(i, float(s), self._items[r]))
-                if len(hits) == want:
-                    break
+            hits = self._collect(scores[j], labels[j], mask, e, want)
             if len(hits) < want:
-                log.debug("%s search returned %d of %d allowed hits; rescoring exactly", self._kind, len(hits), want)
-                rows = allowed_rows if allowed_rows is not None else np.arange(n)
-                hits = self._exact(q[j], rows, e, k)
+                log.debug("%s search returned %d of %d allowed hits; searching exactly", self._kind, len(hits), want)
+                s1, l1 = self._faiss_search(q[j : j + 1], min(k + len(e), n_allowed), mask, exact=True, frac=frac)
+                hits = self._collect(s1[0], l1[0], mask, e, want)
             results.append(hits)
-        del bitmap
         return results
 
-    def _search_params(self, sel) -> faiss.SearchParameters:
-        if self._kind == "hnsw":
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef_search)
-        if self._kind == "ivf":
-            return faiss.SearchParametersIVF(sel=sel, nprobe=int(self._faiss.nprobe))
-        return faiss.SearchParameters(sel=sel)
+    def _collect(self, scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, excl: frozenset,
+                 want: int) -> list[Hit]:
+        hits: list[Hit] = []
+        for i, s in zip(labels.tolist(), scores.tolist()):
+            if len(hits) == want:
+                break
+            if i < 0 or i in excl:
+                continue
+            r = self._row.get(i)
+            if r is None or (mask is not None and not mask[r]):
+                continue  # defensive: FAISS returned a row the filter forbids
+            hits.append(Hit(i, float(s), self._items[r]))
+        return hits
 
-    def _exact(self, qv: np.ndarray, rows: np.ndarray, excl: frozenset, k: int) -> list[Hit]:
-        """Exact top-k over ``rows`` minus excluded ids; ties broken by id."""
-        if excl:
-            rows = rows[~np.isin(self._ids[rows], np.fromiter(excl, dtype=np.int64, count=len(excl)))]
-        if len(rows) == 0:
-            return []
-        s = self._vectors[rows] @ qv
-        kk = min(k, len(rows))
-        top = np.argpartition(-s, kk - 1)[:kk] if kk < len(rows) else np.arange(len(rows))
-        top = top[np.lexsort((self._ids[rows[top]], -s[top]))]
-        return [Hit(int(self._ids[rows[t]]), float(s[t]), self._items[rows[t]]) for t in top]
+    def _faiss_search(self, q: np.ndarray, k: int, mask: np.ndarray | None, *, exact: bool,
+                      frac: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) from FAISS, restricted to ``mask`` rows by an IDSelector; -1 ids pad short results.
+
+        ``exact`` scans every allowed vector: flat as is, HNSW through its flat
+        storage (rows = storage positions), IVF with every list probed. Filtered
+        approximate searches widen efSearch / nprobe by 1/frac.
+        """
+        keep = []  # bitmaps must outlive the search: the selectors point into them
+        if self._kind == "hnsw" and exact:
+            storage = self._hnsw_storage()
+            params = None if mask is None else faiss.SearchParameters(sel=self._bitmap(mask, keep, by_row=True))
+            scores, rows = storage.search(q, k, params=params)
+            return scores, np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
+        sel = None if mask is None else self._bitmap(mask, keep, by_row=False)
+        if self._kind == "hnsw":
+            base = int(self._params.get("efSearch", self.ef_search))
+            ef = base if mask is None else max(base, min(int(math.ceil(base / frac)), len(self)))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, k))
+        elif self._kind == "ivf":
+            nlist, base = int(self._faiss.nlist), int(self._params.get("nprobe", self._faiss.nprobe))
+            nprobe = nlist if exact else min(nlist, int(math.ceil(base / frac)))
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        else:
+            params = None if sel is None else faiss.SearchParameters(sel=sel)
+        scores, ids = self._faiss.search(q, k, params=params)
+        del keep
+        return scores, ids
+
+    def _bitmap(self, mask: np.ndarray, keep: list, *, by_row: bool) -> faiss.IDSelector:
+        """IDSelectorBitmap over storage positions (``by_row``) or gallery ids for the rows in ``mask``."""
+        if by_row:
+            bits, size = mask, len(mask)
+        else:
+            bits = np.zeros(self._next_id, dtype=bool)
+            bits[self._ids[mask]] = True
+            size = self._next_id
+        packed = np.packbits(bits, bitorder="little")
+        sel = faiss.IDSelectorBitmap(size, faiss.swig_ptr(packed))
+        keep += [packed, sel]
+        return sel
+
+    def _hnsw_storage(self) -> faiss.Index:
+        """The flat vectors inside the HNSW index, in row order (the graph is rebuilt on every removal)."""
+        return faiss.downcast_index(faiss.downcast_index(self._faiss.index).storage)
 
     # ---- saving and loading ---------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -614,7 +700,8 @@ class GalleryIndex:
                 "kind": self._kind if self._faiss is not None else None,
                 "settings": {"auto_threshold": self.auto_threshold, "hnsw_m": self.hnsw_m,
                              "ef_construction": self.ef_construction, "ef_search": self.ef_search,
-                             "nprobe": self.nprobe, "report_queries": self.report_queries, "seed": self.seed},
+                             "nprobe": self.nprobe, "report_queries": self.report_queries,
+                             "target_recall": self.target_recall, "seed": self.seed},
                 "params": self._params,
                 "trained_on": self._trained_on,
                 "next_id": self._next_id,
@@ -650,7 +737,8 @@ class GalleryIndex:
             s = meta["settings"]
             idx = cls(int(meta["dim"]), kind=meta["requested_kind"], auto_threshold=s["auto_threshold"],
                       hnsw_m=s["hnsw_m"], ef_construction=s["ef_construction"], ef_search=s["ef_search"],
-                      nprobe=s["nprobe"], report_queries=s["report_queries"], seed=s["seed"])
+                      nprobe=s["nprobe"], report_queries=s["report_queries"], target_recall=s["target_recall"],
+                      seed=s["seed"])
             items = [GalleryItem.from_json(d) for d in meta["items"]]
             if not all(isinstance(it.id, int) and isinstance(it.path, str) and isinstance(it.name, str) for it in items):
                 raise ValueError("every item needs an integer id, a path and a name")
@@ -670,6 +758,7 @@ class GalleryIndex:
             raise ModelError(f"{meta_path}: gallery ids are duplicated or out of range; rebuild it with `entrep index`")
         idx._vectors, idx._ids, idx._items, idx._next_id = vecs, ids, items, next_id
         idx._row = {int(i): r for r, i in enumerate(ids)}
+        idx._codes = idx._encode_labels(items)
         idx._params, idx._trained_on, idx.build_report = dict(meta.get("params") or {}), int(meta.get("trained_on", 0)), report
         if kind is not None:
             if kind not in KINDS[1:]:
@@ -682,15 +771,36 @@ class GalleryIndex:
             except RuntimeError as e:
                 raise ModelError(f"{fpath}: cannot read FAISS index ({str(e).splitlines()[0][:200]}); rebuild it with `entrep index`") from None
             stored = _faiss_ids(index)
-            if index.d != idx.dim or index.ntotal != n or stored is None or not np.array_equal(np.sort(stored), np.sort(ids)):
+            if stored is not None and kind == "ivf":  # IVF lists hold ids in list order; the others in row order
+                stored, ids_in_order = np.sort(stored), np.sort(ids)
+            else:
+                ids_in_order = ids
+            if index.d != idx.dim or index.ntotal != n or stored is None or not np.array_equal(stored, ids_in_order):
                 raise ModelError(f"{fpath}: FAISS index (dim {index.d}, {index.ntotal} rows) does not match the gallery "
                                  f"metadata (dim {idx.dim}, {n} rows); rebuild it with `entrep index`")
             if kind == "hnsw":
-                faiss.downcast_index(index.index).hnsw.efSearch = idx.ef_search
+                faiss.downcast_index(index.index).hnsw.efSearch = int(idx._params.get("efSearch", idx.ef_search))
             elif kind == "ivf" and "nprobe" in idx._params:
                 index.nprobe = int(idx._params["nprobe"])
             idx._faiss, idx._kind = index, kind
         return idx
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int | None):
+    """Run FAISS with ``n`` OpenMP threads in this thread (None: unchanged), restoring the setting after.
+
+    OpenMP's thread count is a per-thread setting, so other threads are not affected.
+    """
+    if n is None:
+        yield
+        return
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(prev)
 
 
 def _faiss_ids(index: faiss.Index) -> np.ndarray | None:
@@ -723,7 +833,7 @@ def _normalise(a: np.ndarray, *, what: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(a).all(axis=1))
     if len(bad):
         raise UserError(f"{what} {int(bad[0])} holds NaN or infinity; check the encoder output")
-    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))[:, None]
     zero = np.flatnonzero(norms[:, 0] == 0)
     if len(zero):
         raise UserError(f"{what} {int(zero[0])} is all zeros and cannot be L2-normalised")
@@ -731,13 +841,13 @@ def _normalise(a: np.ndarray, *, what: str) -> np.ndarray:
 
 
 def _make_item(id_: int, m, row: int) -> GalleryItem:
-    if isinstance(m, GalleryItem):
-        d = m.to_json()
-    elif isinstance(m, Mapping):
-        unknown = set(m) - set(_ITEM_KEYS) - {"id"}
+    if type(m) is dict or isinstance(m, Mapping):
+        unknown = m.keys() - _ALLOWED_KEYS
         if unknown:
             raise UserError(f"metadata entry {row} has unknown keys {sorted(unknown)}; valid keys: {list(_ITEM_KEYS)}")
-        d = dict(m)
+        d = m
+    elif isinstance(m, GalleryItem):
+        d = m.to_json()
     elif isinstance(m, (str, Path)):
         d = {"path": str(m)}
     elif hasattr(m, "image") and hasattr(m, "label"):  # entrep.data.records.Record
@@ -750,8 +860,8 @@ def _make_item(id_: int, m, row: int) -> GalleryItem:
         raise UserError(f"metadata entry {row} needs a path or a name")
     path = str(path) if path else str(name)
     name = str(name) if name else Path(path).name
-    opt = {k: (None if d.get(k) is None else str(d[k])) for k in ("label", "group", "caption", "content_hash")}
-    return GalleryItem(id=id_, path=path, name=name, **opt)
+    opt = [d.get(k) for k in ("label", "group", "caption", "content_hash")]
+    return GalleryItem(id_, path, name, *(None if v is None else str(v) for v in opt))
 
 
 def _repeated(names: Iterable[str]) -> set[str]:
