@@ -37,7 +37,7 @@ def _col(rng: np.random.Generator, base: tuple[float, float, float], s: float = 
 
 def _mucosa(rng: np.random.Generator, pale: bool = False, congested: bool = False) -> tuple[float, float, float]:
     if pale:
-        return _col(rng, (0.88, 0.72, 0.70), 0.03)
+        return _col(rng, (0.80, 0.64, 0.62), 0.03)
     if congested:
         return _col(rng, (0.80, 0.26, 0.24), 0.04)
     return _col(rng, (0.86, 0.45, 0.42), 0.05)
@@ -91,7 +91,7 @@ def draw_nose(cv: Canvas, findings: set[str], rng: np.random.Generator) -> None:
     pts = [(float(u), float(v)) for u, v in zip(edge_u, ys)] + [(1.4, 1.4), (1.4, -1.4)]
     sep = cv.polygon_mask(pts, blur=0.02)
     grad = np.clip(0.72 + 0.45 * (cv.u - edge), 0.65, 1.15) * np.ones_like(cv.v)
-    sep_col = _col(rng, (0.94, 0.66, 0.62), 0.04) if not pale else _col(rng, (0.93, 0.80, 0.78), 0.03)
+    sep_col = _col(rng, (0.94, 0.66, 0.62), 0.04) if not pale else _col(rng, (0.86, 0.74, 0.72), 0.03)
     if congested:
         sep_col = _col(rng, (0.86, 0.40, 0.36), 0.04)
     cv.paint(sep, sep_col, shade=grad * cv.dome(sep, 0.1) / 1.1, tex_amp=0.08)
@@ -296,7 +296,7 @@ def draw_throat(cv: Canvas, findings: set[str], rng: np.random.Generator) -> Non
     cv.img[:] = np.asarray((0.08, 0.02, 0.02), np.float32)
     # posterior pharyngeal wall
     ery = "erythema of the posterior pharyngeal wall" in findings
-    wall_col = _col(rng, (0.82, 0.24, 0.20), 0.04) if ery else tuple(c * 0.92 for c in muc)
+    wall_col = _col(rng, (0.78, 0.28, 0.24), 0.04) if ery else tuple(c * 0.92 for c in muc)
     wc = (_jit(rng, 0.05), 0.0 + _jit(rng, 0.06))
     wall = cv.ellipse_mask(wc, 0.62, 0.75, blur=0.12)
     cv.paint(wall, wall_col, shade=0.75 + 0.25 * cv.dome(wall, 0.2), tex_amp=0.18)
@@ -341,9 +341,9 @@ def draw_throat(cv: Canvas, findings: set[str], rng: np.random.Generator) -> Non
     cv.vessels(pal, int(rng.integers(2, 5)))
     ut = (_jit(rng, 0.03), pal_v - 0.05)
     ub = (ut[0] + _jit(rng, 0.06), pal_v + 0.42 + _jit(rng, 0.06))
-    uv = cv.polygon_mask(band_points(ut, ub, 0.2, 0.1), blur=0.012)
-    uv = np.maximum(uv, cv.circles_mask([ub], [0.065], blur=0.012))
-    cv.paint(uv, pal_col, shade=cv.dome(uv, 0.04), tex_amp=0.08)
+    uv = cv.polygon_mask(band_points(ut, ub, 0.24, 0.13), blur=0.012)
+    uv = np.maximum(uv, cv.circles_mask([ub], [0.08], blur=0.012))
+    cv.paint(uv, tuple(min(1.0, c * 1.08) for c in pal_col), shade=cv.dome(uv, 0.05), tex_amp=0.08)
     cv.speculars(uv, 1, 0.015)
 
     # tongue base, large mound at the bottom

@@ -81,6 +81,27 @@ def _luts(nz: Nuisance) -> list[int]:
     return out
 
 
+def _illumination(nz: Nuisance, step: int = 8) -> np.ndarray:
+    """Smooth lighting field (vignette around a shifted light centre + linear gradient), (H, W) float32.
+
+    Computed on a coarse grid and upsampled: it has no detail to lose.
+    """
+    h, w = HEIGHT // step + 1, WIDTH // step + 1
+    xs = np.arange(w, dtype=np.float32)[None, :] * step - nz.cx
+    ys = np.arange(h, dtype=np.float32)[:, None] * step - nz.cy
+    light = np.ones((h, w), np.float32)
+    if nz.vignette > 0:
+        lx, ly = nz.light_dx * nz.radius, nz.light_dy * nz.radius
+        light = light - nz.vignette * ((xs - lx) ** 2 + (ys - ly) ** 2) / (nz.radius ** 2)
+    if nz.gradient > 0:
+        light = light + nz.gradient * (xs * math.cos(nz.gradient_angle) + ys * math.sin(nz.gradient_angle)) / nz.radius
+    light = np.clip(light, 0.15, 1.6).astype(np.float32)
+    # grid point j sits at pixel coordinate j*step; PIL maps pixel centres, so resize a 1-cell-larger grid and crop
+    big = Image.fromarray(light, "F").resize((w * step, h * step), Image.BILINEAR)
+    off = step // 2
+    return np.array(big.crop((off, off, off + WIDTH, off + HEIGHT)), np.float32)
+
+
 def photograph(scene: np.ndarray, nz: Nuisance, rng: np.random.Generator) -> np.ndarray:
     """Turn a scene (S, S, 3 float in 0..1, units per :mod:`.canvas`) into a 480x640x3 uint8 frame.
 
@@ -96,29 +117,26 @@ def photograph(scene: np.ndarray, nz: Nuisance, rng: np.random.Generator) -> np.
     c = size / 2 - a * nz.cx - b * nz.cy
     f = size / 2 - d * nz.cx - e * nz.cy
     src = Image.fromarray((scene * 255.0 + 0.5).astype(np.uint8), "RGB")
+    # colour response (white balance, exposure, gamma, saturation): per-pixel maps, so done on the small scene
+    if nz.gains != (1.0, 1.0, 1.0) or nz.brightness != 1.0 or nz.gamma != 1.0:
+        src = src.point(_luts(nz))
+    if abs(nz.saturation - 1.0) > 1e-6:
+        src = ImageEnhance.Color(src).enhance(nz.saturation)
     if nz.blur * k > 0.3:  # optical blur, applied in scene pixels (cheaper; the map is a similarity)
         src = src.filter(ImageFilter.GaussianBlur(nz.blur * k))
     im = src.transform((WIDTH, HEIGHT), Image.AFFINE, (a, b, c, d, e, f), resample=Image.BILINEAR)
-    if abs(nz.saturation - 1.0) > 1e-6:
-        im = ImageEnhance.Color(im).enhance(nz.saturation)
     arr = np.asarray(im, np.float32)
-
+    light = _illumination(nz)
     xs = np.arange(WIDTH, dtype=np.float32)[None, :] + 0.5 - nz.cx  # pixel centres
     ys = np.arange(HEIGHT, dtype=np.float32)[:, None] + 0.5 - nz.cy
-    light = np.ones((HEIGHT, WIDTH), np.float32)
-    if nz.vignette > 0:
-        lx, ly = nz.light_dx * nz.radius, nz.light_dy * nz.radius
-        light = light - nz.vignette * ((xs - lx) ** 2 + (ys - ly) ** 2) / (nz.radius ** 2)
-    if nz.gradient > 0:
-        light = light + nz.gradient * (xs * math.cos(nz.gradient_angle) + ys * math.sin(nz.gradient_angle)) / nz.radius
-    dist = np.sqrt(xs ** 2 + ys ** 2)
-    fov = np.clip((nz.radius - dist) / nz.edge + 0.5, 0.0, 1.0)
-    light = np.clip(light, 0.15, 1.6) * fov
+    fov = np.sqrt(xs * xs + ys * ys)
+    fov = np.clip((nz.radius + 0.5 * nz.edge - fov) * (1.0 / nz.edge), 0.0, 1.0, out=fov)
+    light *= fov
     arr *= light[..., None]
-    if nz.noise > 0:  # sensor noise, mostly luminance
-        grain = rng.standard_normal((HEIGHT, WIDTH), dtype=np.float32) * (nz.noise * 255.0)
-        arr += (grain * (fov > 0))[..., None]
-    im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
-    if nz.gains != (1.0, 1.0, 1.0) or nz.brightness != 1.0 or nz.gamma != 1.0:
-        im = im.point(_luts(nz))
+    if nz.noise > 0:  # sensor noise, mostly luminance, only inside the field of view
+        grain = rng.standard_normal((HEIGHT, WIDTH), dtype=np.float32)
+        grain *= (nz.noise * 255.0) * (fov > 0)
+        arr += grain[..., None]
+    np.clip(arr, 0.0, 255.0, out=arr)
+    im = Image.fromarray((arr + 0.5).astype(np.uint8), "RGB")
     return np.asarray(im, np.uint8)

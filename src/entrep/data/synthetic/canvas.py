@@ -131,7 +131,7 @@ class Canvas:
         im = im.filter(ImageFilter.GaussianBlur(max(0.5, softness * self.scale * q / self.size)))
         d = np.asarray(im.resize((self.size, self.size), Image.BILINEAR), np.float32) * (1.0 / 255.0)
         m = float(d.max()) or 1.0
-        return 0.3 + 0.85 * np.clip(d * (1.0 / m), 0.0, 1.0) ** 0.8
+        return 0.3 + 0.75 * np.clip(d * (1.0 / m), 0.0, 1.0) ** 0.8
 
     # ---- painting ----------------------------------------------------
     def paint(self, alpha: np.ndarray, colour: Sequence[float], *, shade: np.ndarray | float = 1.0,
