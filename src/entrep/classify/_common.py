@@ -149,6 +149,16 @@ def seeded_torch(seed: int, *, device: str = "cpu") -> Iterator[None]:
                 torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
 
+@contextlib.contextmanager
+def untouched_rng() -> Iterator[None]:
+    """Build modules whose random initial weights are about to be overwritten
+    (loading a saved state) without moving the global torch RNG."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 def module_to_arrays(module, prefix: str) -> dict[str, np.ndarray]:
     """A torch module's ``state_dict`` as ``{prefix + key: numpy array}`` copies."""
     return {prefix + k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
