@@ -118,6 +118,8 @@ def test_bad_input_gives_clear_errors():
 def test_use_before_fit_is_a_clear_not_fitted_error():
     with pytest.raises(NotFittedError, match="fit"):
         PrototypeClassifier().predict_proba(np.ones((1, 4)))
+    with pytest.raises(NotFittedError, match="fit"):
+        PrototypeClassifier().predict(np.ones((1, 4)))
     with pytest.raises(ModelError):
         PrototypeClassifier().get_state()
 

@@ -212,7 +212,8 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class id of the most similar prototype (ties: the first in ``classes_``)."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        scores = self.decision_function(X)
+        return self.classes_[np.argmax(scores, axis=1)]
 
     def confidence(self, X: np.ndarray) -> np.ndarray:
         """Largest class probability per row: what the hybrid's threshold is compared with."""
