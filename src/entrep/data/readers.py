@@ -122,7 +122,7 @@ def read_datasets(
             len(clash), ", ".join(clash[:_SHOW]),
         )
     root = Path(os.path.commonpath([str(ds.root) for ds in parts]))
-    queries = [q for ds in parts for q in ds.text_queries]
+    queries = list(dict.fromkeys(q for ds in parts for q in ds.text_queries))
     return Dataset(records=records, root=root, taxonomy=tax, text_queries=queries,
                    source="; ".join(ds.source for ds in parts))
 
