@@ -174,3 +174,10 @@ def test_bad_input_gives_clear_errors():
     model = HeadClassifier(max_epochs=2).fit(X, y)
     with pytest.raises(EntrepError, match="20"):
         model.predict(np.ones((3, 7)))
+
+
+def test_internal_holdout_never_takes_every_row_of_a_class():
+    X, y = _blobs(0, C=3, D=8, seed=12, sizes=[30, 30, 1])  # one image of class 2
+    for seed in (4, 5, 6):  # seed 5's stratified fold holds out that image
+        model = HeadClassifier(max_epochs=2, seed=seed).fit(X, y)
+        assert 2 not in set(y[model.holdout_index_])

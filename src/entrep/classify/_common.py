@@ -106,16 +106,21 @@ def group_holdout(
     n = y.shape[0]
     if groups is None:
         groups = np.arange(n)
-    _, group_codes = np.unique(groups, return_inverse=True)
+    group_codes = np.unique(groups, return_inverse=True)[1].ravel()
     n_groups = int(group_codes.max()) + 1
-    n_splits = min(max(2, int(round(1.0 / fraction))), n_groups)
     if n_groups < 2 or n < 4:
         return None
+    n_splits = min(max(2, int(round(1.0 / fraction))), n_groups)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "least populated class has fewer members than n_splits" is expected for rare classes
         warnings.simplefilter("ignore", UserWarning)
         train_idx, val_idx = next(splitter.split(np.zeros(n), y, group_codes))
+    # a class whose every group landed in validation could never be learned: give it back to training
+    lost = np.setdiff1d(y[val_idx], y[train_idx])
+    if lost.size:
+        back = np.isin(group_codes[val_idx], group_codes[val_idx][np.isin(y[val_idx], lost)])
+        train_idx, val_idx = np.concatenate([train_idx, val_idx[back]]), val_idx[~back]
     if val_idx.size == 0 or train_idx.size == 0:
         return None
     return np.sort(train_idx), np.sort(val_idx)

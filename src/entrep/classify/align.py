@@ -24,6 +24,7 @@ Objective (temperature ``tau``, a batch of B pairs, unit rows ``a_i``, ``b_j``):
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -73,9 +74,6 @@ class _Tower(nn.Module):
         else:
             self.proj = nn.Linear(in_dim, out_dim)
 
-    def first_linear(self) -> nn.Linear:
-        return self.proj[0] if isinstance(self.proj, nn.Sequential) else self.proj
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj((x - self.mean) / self.scale), dim=-1)
 
@@ -103,7 +101,7 @@ def _row_space_basis(Xc: np.ndarray) -> np.ndarray | None:
     w, Q = np.linalg.eigh(gram)
     keep = w > w[-1] * 1e-6
     w, Q = w[keep][::-1], Q[:, keep][:, ::-1]
-    basis = (Q.T @ Xc.astype(np.float64)) / np.sqrt(w)[:, None]
+    basis = (Q.T.astype(np.float32) @ Xc) / np.sqrt(w).astype(np.float32)[:, None]
     return np.ascontiguousarray(basis, dtype=np.float32)
 
 
@@ -276,7 +274,7 @@ class JointAlignment(BaseEstimator):
                 raise FeatureError(f"JointAlignment: {name} must be a positive integer, got {value!r}")
         for name in ("lr", "temperature"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0):
+            if not (isinstance(value, numbers.Real) and value > 0):
                 raise FeatureError(f"JointAlignment: {name} must be positive, got {value!r}")
         if not 0 < self.val_fraction < 1:
             raise FeatureError(f"JointAlignment: val_fraction must lie in (0, 1), got {self.val_fraction!r}")
