@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -75,14 +76,23 @@ def render_all(jobs: list[Job], *, workers: int | None = None, progress: bool = 
                 render_job(job)
                 bar.advance()
         else:
-            ctx = multiprocessing.get_context("spawn")  # safe even if the parent holds torch threads
-            with ctx.Pool(w) as pool:
+            with _pool_context().Pool(w) as pool:
                 for _ in pool.imap_unordered(render_job, jobs, chunksize=max(1, min(16, len(jobs) // (w * 8)))):
                     bar.advance()
                 pool.close()  # on an error the context manager terminates the workers instead
                 pool.join()
     finally:
         bar.close()
+
+
+def _pool_context():
+    """fork (instant start) unless torch is loaded, whose threads do not survive a fork; then spawn.
+
+    Each image's bytes depend only on its seed, so the choice never changes the output.
+    """
+    if sys.platform.startswith("linux") and "torch" not in sys.modules:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 class _progress:
