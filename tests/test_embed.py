@@ -33,10 +33,15 @@ def manifest(tmp_path_factory):
     return path
 
 
-def test_export_npz_is_row_aligned(manifest, tmp_path, caplog):
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("embed-cache")
+
+
+def test_export_npz_is_row_aligned(manifest, tmp_path, caplog, shared_cache):
     out = tmp_path / "emb.npz"
     with caplog.at_level(logging.INFO, logger="entrep.embed"):
-        assert export_embeddings(manifest, out, profile="offline", cache=tmp_path / "cache") == out
+        assert export_embeddings(manifest, out, profile="offline", cache=shared_cache) == out
     z = np.load(out)  # plain arrays: no pickle needed
     n = len(LABELS)
     assert z["image_embeddings"].shape == (n, 6400) and z["image_embeddings"].dtype == np.float32
@@ -67,9 +72,9 @@ def test_second_export_reuses_the_cache(manifest, tmp_path):
     np.testing.assert_array_equal(a["image_embeddings"], b["image_embeddings"])
 
 
-def test_flip_view_export(manifest, tmp_path):
-    out = export_embeddings(manifest, tmp_path / "flip.npz", view="flip", cache=tmp_path / "c")
-    orig = export_embeddings(manifest, tmp_path / "orig.npz", cache=tmp_path / "c")
+def test_flip_view_export(manifest, tmp_path, shared_cache):
+    out = export_embeddings(manifest, tmp_path / "flip.npz", view="flip", cache=shared_cache)
+    orig = export_embeddings(manifest, tmp_path / "orig.npz", cache=shared_cache)
     f, o = np.load(out), np.load(orig)
     assert str(f["meta_view"]) == "flip"
     assert not np.allclose(f["image_embeddings"], o["image_embeddings"])
@@ -86,11 +91,11 @@ def test_bad_outputs(manifest, tmp_path):
     assert not (tmp_path / "emb.csv").exists()
 
 
-def test_cli_embed(manifest, tmp_path):
+def test_cli_embed(manifest, tmp_path, shared_cache):
     from entrep.cli import app
 
     out = tmp_path / "cli.npz"
-    res = CliRunner().invoke(app, ["embed", str(manifest), "--out", str(out), "--cache", str(tmp_path / "c"),
+    res = CliRunner().invoke(app, ["embed", str(manifest), "--out", str(out), "--cache", str(shared_cache),
                                    "--batch-size", "2", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert np.load(out)["image_embeddings"].shape == (len(LABELS), 6400)
@@ -124,7 +129,8 @@ def test_custom_profile_file_and_round_trip(tmp_path):
     assert profile_from_dict(dataclasses.asdict(p)) == p
     assert Profile.from_dict(p.to_dict()) == p
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"clip_image": "effnet-lite0", "clip_text": "minilm-l6", "head_image": "resnet", "joint": False}))
+    bad.write_text(json.dumps({"clip_image": "effnet-lite0", "clip_text": "minilm-l6", "head_image": "resnet",
+                               "joint": False}))
     with pytest.raises(UserError, match="head_image.*resnet"):
         load_profile(bad)
     bad.write_text("{not json")

@@ -26,7 +26,6 @@ to a square - DINOv2 needs no crop.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field

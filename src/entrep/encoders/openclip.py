@@ -49,7 +49,7 @@ from entrep.encoders.resolver import (
     find_weights_file,
     how_to_point,
     hub_files,
-    load_checkpoint_file,
+    offline_mode,
     require_file,
     weights_digest,
 )
@@ -126,7 +126,9 @@ def resolve_text_dir(hf_name: str, model_folder: Path | None, tokenizer_dir, *, 
                                                               "special_tokens_map.json"],
                           encoder_name=encoder_name, example=BIOMEDCLIP_EXAMPLE)
     except WeightsError as e:
-        raise WeightsError(f"{e}; {hint}") from None
+        why = "offline mode is on" if offline_mode() else str(e).split("(", 1)[-1].split(")")[0]
+        raise WeightsError(f"{encoder_name}: cannot get the text tower's config and tokenizer from hf-hub:{hf_name} "
+                           f"({why}); {hint}") from None
     return files["config.json"].parent
 
 

@@ -104,8 +104,8 @@ def choose_source(encoder_name: str, weights: str | Path | None, default: str) -
 def how_to_point(encoder_name: str, example: str) -> str:
     """The standard hint telling a user how to use local weights for an encoder."""
     return (
-        f"point at local weights with --weights {example} (or set {env_var_for(encoder_name)}={example}, "
-        f"or 'weights:' for this encoder in a profile file; {DOCS_HINT})"
+        f"point at local weights: set {env_var_for(encoder_name)}={example}, or put 'weights: {example}' for this "
+        f"encoder in a profile file (--profile FILE), or pass weights=\"{example}\" in Python ({DOCS_HINT})"
     )
 
 
