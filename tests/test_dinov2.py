@@ -55,7 +55,8 @@ def to_official(model, *, chunks: int = 2) -> dict:
     teacher = {"backbone." + k: v for k, v in off.items()}
     teacher["dino_head.mlp.0.weight"] = torch.zeros(8, 32)
     teacher["ibot_head.last_layer.weight_g"] = torch.zeros(8, 1)
-    return {"teacher": teacher, "student": {"backbone.cls_token": torch.zeros(1)}, "iteration": 1250}
+    return {"teacher": teacher, "student": {"backbone.cls_token": torch.zeros(1)}, "iteration": np.int64(1250),
+            "lr": np.float64(1e-4)}  # numpy metadata as DINOv2 training writes it
 
 
 def _frames(n=2):

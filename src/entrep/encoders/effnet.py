@@ -84,7 +84,8 @@ def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """Fold every eval-mode BatchNorm into the convolution before it (same maths, ~2x faster on CPU).
 
-    Also makes the ReLU6 activations in-place and the weights channels-last.
+    Also makes the ReLU6 activations in-place, moves symmetric "same" padding into the
+    convolutions (no padded copy of the activations) and the weights channels-last.
     Only for inference: the model is left in eval mode with BatchNorms replaced by Identity.
     """
     model.eval()
@@ -100,6 +101,12 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     for m in model.modules():
         if isinstance(m, torch.nn.ReLU6):
             m.inplace = True
+        pad = getattr(m, "static_padding", None)
+        if isinstance(pad, torch.nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:  # TF "same" padding that is symmetric: let the conv pad (no copy)
+                m.padding = (top, left)
+                m.static_padding = torch.nn.Identity()
     return model.to(memory_format=torch.channels_last)
 
 

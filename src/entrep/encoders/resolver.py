@@ -345,6 +345,21 @@ def _remember_digest(store: Path, key: str, digest: str) -> None:
 
 
 # ---- reading checkpoint files -------------------------------------------
+def _numpy_globals() -> list:
+    """numpy scalar/dtype types that training checkpoints carry in their metadata (safe to unpickle)."""
+    import importlib
+
+    import numpy as np
+
+    out: list = [np.dtype]
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        with contextlib.suppress(Exception):
+            out.append(importlib.import_module(mod).scalar)
+    for t in ("float16", "float32", "float64", "int32", "int64", "bool"):
+        out.append(type(np.dtype(t)))
+    return out
+
+
 def load_checkpoint_file(path: str | Path, *, what: str) -> dict:
     """Read a .safetensors or torch checkpoint (weights only, on CPU); WeightsError on failure."""
     import torch
@@ -355,11 +370,8 @@ def load_checkpoint_file(path: str | Path, *, what: str) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        with contextlib.suppress(Exception):
-            import numpy as np  # numpy scalars appear in some training checkpoints
-
-            torch.serialization.add_safe_globals([np.core.multiarray.scalar, np.dtype])  # type: ignore[attr-defined]
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise WeightsError(f"{what}: cannot read checkpoint {path} ({msg[:300]})") from None
