@@ -91,11 +91,18 @@ def load_sentence_folder(folder: Path, *, what: str):
     sbc = folder / "sentence_bert_config.json"
     if sbc.is_file():
         max_len = int(json.loads(sbc.read_text()).get("max_seq_length", max_len))
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a 90 MB local load needs no "Loading weights" bar
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model, info = AutoModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
     except (OSError, ValueError) as e:
         raise WeightsError(f"{what}: cannot load {folder} ({str(e).splitlines()[0]})") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler.")]
     if missing or info.get("mismatched_keys"):
         raise WeightsError(f"{what}: {folder} misses weights {missing[:8]} / mismatched {info.get('mismatched_keys')[:4]}")
