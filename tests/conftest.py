@@ -16,3 +16,54 @@ import pytest  # noqa: E402
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own feature cache unless it sets one explicitly."""
     monkeypatch.setenv("ENTREP_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+
+
+# ---------------------------------------------------------------------------
+# A small fitted model, shared by the tests that need one (fit once per session).
+# ---------------------------------------------------------------------------
+
+TINY_N = 84
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A synthetic dataset in the ENTRep training layout (cls/i2i/t2i json, query CSVs)."""
+    from entrep.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("tiny-data") / "data"
+    generate(out, n=TINY_N, seed=1)
+    return out
+
+
+def tiny_config():
+    from entrep.config import AlignConfig, FitConfig, HeadConfig
+
+    return FitConfig(n_aug=1, head=HeadConfig(max_epochs=40, patience=8), align=AlignConfig(epochs=60))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_data_dir, tmp_path_factory):
+    """Path of a fitted model folder (offline profile) with a gallery and an evaluation report."""
+    import os
+
+    from entrep.bundle import attach_report, save_model
+    from entrep.data.readers import read_dataset
+    from entrep.pipeline import evaluate, fit
+    from entrep.report.html import write_report
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    old = os.environ.get("ENTREP_CACHE")
+    os.environ["ENTREP_CACHE"] = str(root / "cache")
+    try:
+        ds = read_dataset(tiny_data_dir)
+        model = fit(ds, config=tiny_config())
+        save_model(model, root / "model")
+        ev, art = evaluate(model, ds)
+        write_report(root / "report", ev, confusions=art["confusions"], embeddings=art["embeddings"])
+        attach_report(root / "model", root / "report")
+    finally:
+        if old is None:
+            os.environ.pop("ENTREP_CACHE", None)
+        else:
+            os.environ["ENTREP_CACHE"] = old
+    return root / "model"

@@ -42,35 +42,24 @@ class Featurizer:
         self._text = None
 
     # ---- encoders -------------------------------------------------------
-    def _spec(self, which: str) -> tuple[str, str | None, str | None]:
-        p = self.profile
-        if which == "clip":
-            return p.clip_image, getattr(p, "clip_weights", None), getattr(p, "clip_pooling", None)
-        if which == "head":
-            return p.head_image, getattr(p, "head_weights", None), getattr(p, "head_pooling", None)
-        raise ValueError(f"unknown feature space {which!r}; use 'clip' or 'head'")
-
     def image_encoder(self, which: str):
-        from entrep.encoders import build_image_encoder
-
-        spec = self._spec(which)
-        key = repr(spec)
-        if key not in self._image:
-            name, weights, pooling = spec
-            log.info("building image encoder %s (weights=%s, pooling=%s)", name, weights, pooling)
-            self._image[key] = build_image_encoder(name, weights=weights, pooling=pooling, device=self.device)
-        return self._image[key]
+        """The image encoder for "clip" (joint space) or "head" features, built once."""
+        if which not in ("clip", "head"):
+            raise ValueError(f"unknown feature space {which!r}; use 'clip' or 'head'")
+        if which == "head" and self.shares_encoder():
+            which = "clip"
+        if which not in self._image:
+            log.info("building %s image encoder of profile %s", which, self.profile.name)
+            self._image[which] = self.profile.build(f"{which}_image", device=self.device)
+        return self._image[which]
 
     def text_encoder(self):
-        from entrep.encoders import build_text_encoder
-
         if self._text is None:
-            p = self.profile
-            self._text = build_text_encoder(p.clip_text, weights=getattr(p, "text_weights", None), device=self.device)
+            self._text = self.profile.build("clip_text", device=self.device)
         return self._text
 
     def shares_encoder(self) -> bool:
-        return self._spec("clip") == self._spec("head")
+        return self.profile.head_shares_clip
 
     # ---- features -------------------------------------------------------
     def images(self, which: str, images: Sequence[ImageLike], view: str = "orig") -> np.ndarray:

@@ -276,6 +276,14 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         scores = self.decision_function(X)
         return self.classes_[np.argmax(scores, axis=1)]
 
+    def embed(self, X: np.ndarray) -> np.ndarray:
+        """Penultimate activations ``(N, hidden[-1])`` float32: a compact, class-discriminative embedding
+        (used as the "head" space of image->image search)."""
+        require_fitted(self, "head_")
+        X = check_features(X, "X", dim=self.n_features_in_)
+        body = self.head_.net[:-1]
+        return self._logits(body, X, "cpu").numpy()
+
     # ---- saving ----------------------------------------------------------
     def get_state(self) -> dict:
         """Fitted state: numpy arrays plus JSON-able values; :meth:`from_state` inverts it exactly."""
