@@ -7,7 +7,7 @@ Example::
     seed: 0
     n_aug: 2                  # augmented views per training image (plus their flips)
     threshold: 0.99           # prototype confidence threshold of the hybrid (the paper's)
-    head: {lr: 0.001, max_epochs: 200, patience: 15, batch_size: 64}
+    head: {lr: 0.001, max_epochs: 100, patience: 10, batch_size: 64}
     align: {dim: 256}
     retrieval: {space: concat, filter: fine}
 """
@@ -30,8 +30,8 @@ I2I_FILTERS = ("fine", "coarse", "none")
 class HeadConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    max_epochs: int = 200
-    patience: int = 15
+    max_epochs: int = 100
+    patience: int = 10
     batch_size: int = 64
     dropout: float = 0.3
 
@@ -39,7 +39,7 @@ class HeadConfig:
 @dataclass(frozen=True)
 class AlignConfig:
     dim: int = 256
-    epochs: int = 300
+    epochs: int = 150
     lr: float = 1e-3
     temperature: float = 0.07
 

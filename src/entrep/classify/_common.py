@@ -136,10 +136,18 @@ def seeded_torch(seed: int, *, device: str = "cpu") -> Iterator[None]:
     cross-entropy, AdamW) are deterministic already, and the tests check
     bit-identical refits; the global flag is left alone there because turning
     it on imports torch's compiler stack (seconds per process).
+
+    CPU fits run on one thread: these models are small matrices, where
+    intra-op threading gains little on an idle machine and loses up to 10x
+    when other processes hold the cores (measured here: a 3,000-row head
+    took 19 s on one thread and 248 s on two under load).
     """
     import torch
 
     cuda = str(device).startswith("cuda")
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)
     devices = [torch.device(device).index or 0] if cuda else []
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -150,6 +158,7 @@ def seeded_torch(seed: int, *, device: str = "cpu") -> Iterator[None]:
         try:
             yield
         finally:
+            torch.set_num_threads(threads)
             if cuda:
                 torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 

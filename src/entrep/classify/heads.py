@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MLPHead", "HeadClassifier"]
 
+#: an epoch must lower the validation loss by this much to count as progress (stops long tails)
+_MIN_DELTA = 1e-4
 _PARAMS = ("hidden", "dropout", "lr", "weight_decay", "max_epochs", "batch_size", "patience", "oversample", "seed", "device")
 _EVAL_CHUNK = 4096
 
@@ -231,7 +233,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
             val_loss = float(F.cross_entropy(logits, yv_t, weight=val_w))
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(float((logits.argmax(1) == yv_t).float().mean()))
-            if val_loss < best_loss:
+            if val_loss < best_loss - _MIN_DELTA:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
             else:
