@@ -1,5 +1,71 @@
-"""CLI commands for this area (registered on entrep.cli.app)."""
+"""`entrep serve`: the local web page and HTTP API for a fitted model."""
 
 from __future__ import annotations
 
-from entrep.cli import app, console  # noqa: F401
+import errno
+import logging
+import socket
+from pathlib import Path
+
+import typer
+
+from entrep.cli import app, console
+from entrep.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """One clear line when the address cannot be bound, instead of a uvicorn traceback."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is already in use; pick another with --port") from None
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); check --host and --port") from None
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Path = typer.Option(..., "--model", help="Model folder from `entrep fit` or `entrep demo`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Keep 127.0.0.1 (this computer "
+                                                           "only) unless the network is trusted."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    hide_names: bool = typer.Option(False, "--hide-names", help="Never show gallery file names or paths "
+                                                                "(raw hospital names can carry patient ids)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest image upload accepted, in MB."),
+) -> None:
+    """Serve the search page and HTTP API (http://HOST:PORT/, API reference at /docs)."""
+    import uvicorn
+
+    from entrep.server.app import LOOPBACK_HOSTS, create_app, is_loopback
+
+    loopback = is_loopback(host)
+    _check_port_free(host, port)
+    console.print(f"loading model {model} ...", highlight=False)
+    web = create_app(model, hide_names=hide_names, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                     allowed_hosts=LOOPBACK_HOSTS if loopback else None, warmup=True)
+    state = web.state.entrep
+    if not loopback:
+        console.print(
+            f"[bold red]WARNING: listening on {host}, not on this computer only.[/bold red] Anyone who can reach "
+            f"this machine on port {port} can upload images and browse the gallery"
+            f"{'' if hide_names else ', including its file names (use --hide-names)'}. There is no login and no "
+            "encryption: use --host 127.0.0.1 unless this network is trusted.",
+            highlight=False,
+        )
+        log.warning("entrep serve is listening on non-loopback address %s:%d", host, port)
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"
+    console.print(
+        f"serving {state.taxonomy.n_classes} classes, {state.gallery_size} gallery images"
+        f"{', report' if state.has_report else ''} on [bold]http://{shown}:{port}/[/bold] "
+        f"(API reference: http://{shown}:{port}/docs); press Ctrl+C to stop",
+        highlight=False,
+    )
+    uvicorn.run(web, host=host.strip("[]"), port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
