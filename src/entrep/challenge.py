@@ -67,12 +67,12 @@ def _adhoc_gallery(model, folder: Path):
 def make_submission(model, track: int, queries_csv: Path, images: Path, out: Path, *, filter: str | None = None) -> dict:
     from entrep.data.readers import read_queries
     from entrep.retrieval.search import _text_query_vector, allowed_labels
-    from entrep.submit import check_submission, write_submission
+    from entrep.submit import check_submission, unique_queries, write_submission
 
     queries = read_queries(queries_csv)
     if not queries:
         raise DataError(f"{queries_csv}: no queries")
-    uniq = list(dict.fromkeys(queries))
+    uniq = unique_queries(queries, source=queries_csv)
     summary: dict = {"n_queries": len(uniq)}
     if track == 1:
         paths = _resolve_query_images(uniq, images)

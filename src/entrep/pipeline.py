@@ -49,6 +49,15 @@ def internal_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Da
     return train, val
 
 
+def view_labels(y: np.ndarray, view: str, taxonomy) -> np.ndarray:
+    """Labels of a training view: a flipped view carries the mirror class (nose-left -> nose-right);
+    classes without a mirror (vc states, throat) keep theirs."""
+    from entrep.data.augment import is_flipped
+
+    y = np.asarray(y, dtype=np.int64)
+    return taxonomy.flip_permutation()[y] if is_flipped(view) else y
+
+
 def _check_labels(ds: Dataset, what: str) -> None:
     missing = [r.name for r in ds.records if r.label is None]
     if missing:
@@ -114,7 +123,7 @@ def fit(
     for v in views:
         stage(f"features: training images, view {v}")
         head_X.append(feat.images("head", paths, v))
-        head_y.append(perm[y] if v.endswith("flip") else y)
+        head_y.append(view_labels(y, v, tax))
         head_src.append(np.arange(len(paths)))
     H = np.concatenate(head_X)
     Hy = np.concatenate(head_y)

@@ -171,7 +171,7 @@ def predict_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("entrep-demo"), "--out", help="Folder for the demo's data, model and report."),
-    n: int = typer.Option(600, "--n", help="Number of synthetic images to generate."),
+    n: int = typer.Option(400, "--n", help="Number of synthetic images to generate."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Synthetic data -> audit -> split -> fit -> evaluate -> report, on the offline default profile."""
