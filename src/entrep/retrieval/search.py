@@ -122,9 +122,39 @@ def search_text(model, text: str, *, k: int = 10, filter: str = "none", hide_nam
     u = model.embed_texts([text.strip()])
     # text lives in the joint space; the gallery may be in concat/head space
     q = _text_query_vector(model, u, gallery)
-    hits = gallery.search(q, k, allowed=[labels] if labels is not None else None)[0]
+    hits = gallery.search(q, k + 1, allowed=[labels] if labels is not None else None)[0]
+    if not names_a_side(text, model.taxonomy):
+        order = diversify_sides([h.metadata.label for h in hits], model.taxonomy)
+        hits = [hits[i] for i in order]
     return {"filter": filter, "classes": sorted(labels) if labels else None,
-            "results": [_hit_dict(h, hide_names) for h in hits]}
+            "results": [_hit_dict(h, hide_names) for h in hits[:k]]}
+
+
+def names_a_side(text: str, taxonomy) -> bool:
+    """True when the text names one class of a mirror pair (e.g. 'left ear')."""
+    named = class_named_in(text, taxonomy)
+    return bool(named) and any(taxonomy.mirror_of(c) not in named for c in named if taxonomy.mirror_of(c) != c)
+
+
+def diversify_sides(ranked_labels: list, taxonomy) -> list[int]:
+    """Reorder a ranking so the mirror class of the top hit appears second.
+
+    A finding such as "a spur on the septum" says nothing about the side, so
+    the best guess is the right region with both sides near the top rather
+    than the first few hits all from one side. Only the first mirror-class
+    hit moves up; everything else keeps its order.
+    """
+    order = list(range(len(ranked_labels)))
+    if len(order) < 3 or ranked_labels[0] is None:
+        return order
+    mirror = taxonomy.mirror_of(ranked_labels[0])
+    if mirror == ranked_labels[0] or ranked_labels[1] == mirror:
+        return order
+    for pos in range(2, len(order)):
+        if ranked_labels[pos] == mirror:
+            order.insert(1, order.pop(pos))
+            break
+    return order
 
 
 def _text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
@@ -203,8 +233,12 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
         T = U @ joint.T
         idx = {nm: i for i, nm in enumerate(names)}
         cls_s, cls_r, pair_s, pair_r = [], [], [], []
-        for qi, (_, nm) in enumerate(queries):
+        for qi, (text, nm) in enumerate(queries):
             target = idx[nm]
+            if not names_a_side(text, tax):  # same ranking rule as search_text
+                order = np.argsort(-T[qi], kind="stable")
+                new = diversify_sides(list(labels[order]), tax)
+                T[qi, order[new]] = np.arange(len(new), 0, -1, dtype=T.dtype)
             cls_s.append(T[qi])
             cls_r.append(labels == labels[target])
             pair_s.append(T[qi])
