@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -110,20 +109,10 @@ class FitConfig:
 def load_config(path: str | Path | None) -> FitConfig:
     if path is None:
         return FitConfig()
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{p}: cannot read config ({e.strerror or e})") from None
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from entrep.io import read_structured
 
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - json or yaml parse error
-        raise UserError(f"{p}: malformed config: {str(e).splitlines()[0]}") from None
+    p = Path(path)
+    data = read_structured(p, what="config", error=UserError)
     if data is None:
         return FitConfig()
     if not isinstance(data, Mapping):

@@ -55,3 +55,25 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def read_structured(path: str | Path, *, what: str, error: type[Exception]) -> Any:
+    """Parse a small YAML or JSON file (by suffix; YAML otherwise) for config-like inputs.
+
+    Raises ``error`` with one line naming the file: unreadable, or malformed.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise error(f"{p}: cannot read {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise error(f"{p}: {what} is not UTF-8 text") from None
+    try:
+        if p.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - json or yaml syntax errors
+        raise error(f"{p}: malformed {what}: {str(e).splitlines()[0]}") from None

@@ -8,7 +8,6 @@ hard-codes class names: everything asks a :class:`Taxonomy`.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,19 +232,9 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
     p = Path(path)
     if p.name.lower() == "ent":
         return ENT
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise TaxonomyError(f"{p}: cannot read taxonomy file ({e.strerror or e})") from None
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from entrep.io import read_structured
 
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - parse errors of two libraries
-        raise TaxonomyError(f"{p}: malformed taxonomy file: {str(e).splitlines()[0]}") from None
+    data = read_structured(p, what="taxonomy file", error=TaxonomyError)
     return Taxonomy.from_dict(data, source=str(p))
 
 

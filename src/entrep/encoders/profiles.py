@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -170,21 +169,10 @@ def list_profiles() -> list[str]:
 
 def load_profile(path: str | Path) -> Profile:
     """Read a custom profile from YAML or JSON (see module docstring)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read profile ({e.strerror or e})") from None
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    from entrep.io import read_structured
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # yaml/json syntax errors: one line naming the file
-        raise UserError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
-                        f"({str(e).splitlines()[0]})") from None
+    path = Path(path)
+    data = read_structured(path, what="profile", error=UserError)
     _register_builtins()
     return Profile.from_dict(data, source=str(path))
 
