@@ -499,7 +499,9 @@ def test_docs_and_openapi_list_every_endpoint(client):
 def test_foreign_host_header_is_refused(client):
     """A DNS-rebinding page on another site cannot read results through the loopback server."""
     r = client.get("/healthz", headers={"Host": "evil.example"})
-    assert r.status_code == 400
+    assert r.status_code == 400 and "Host" in r.json()["detail"]
+    assert client.get("/healthz", headers={"Host": "evil.example:8000"}).status_code == 400
+    assert client.get("/healthz", headers={"Host": "[::1]:8000"}).status_code == 200
     assert client.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
 
 
@@ -591,6 +593,18 @@ def test_serve_warns_loudly_on_a_public_address(monkeypatch, tiny_model_dir):
     assert "WARNING" in result.output and "0.0.0.0" in result.output
     assert app.state.entrep.hide_names is True
     assert app.state.entrep.max_upload_bytes == 2 * 1024 * 1024
+
+
+def test_serve_links_a_report_folder_given_with_report(monkeypatch, tiny_model_dir, tmp_path):
+    (tmp_path / "report.html").write_text("<html><title>other report</title></html>", encoding="utf-8")
+    result, calls = _invoke_serve(monkeypatch, ["--model", str(tiny_model_dir), "--port", str(_free_port()),
+                                                "--report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with TestClient(calls[0][0], base_url=BASE) as c:
+        assert "other report" in c.get("/report").text
+    result, calls = _invoke_serve(monkeypatch, ["--model", str(tiny_model_dir), "--port", str(_free_port()),
+                                                "--report", str(tmp_path / "missing")])
+    assert not calls and "no report.html" in str(result.exception)
 
 
 def test_serve_reports_a_busy_port(monkeypatch, tiny_model_dir):

@@ -6,6 +6,7 @@ import errno
 import logging
 import socket
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -37,6 +38,8 @@ def serve_cmd(
     hide_names: bool = typer.Option(False, "--hide-names", help="Never show gallery file names or paths "
                                                                 "(raw hospital names can carry patient ids)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest image upload accepted, in MB."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Folder holding the report.html to link "
+                                                                 "(default: MODEL/report, as `entrep demo` leaves it)."),
 ) -> None:
     """Serve the search page and HTTP API (http://HOST:PORT/, API reference at /docs)."""
     import uvicorn
@@ -46,7 +49,9 @@ def serve_cmd(
     loopback = is_loopback(host)
     _check_port_free(host, port)
     console.print(f"loading model {model} ...", highlight=False)
-    web = create_app(model, hide_names=hide_names, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+    if report is not None and not (report / "report.html").is_file():
+        raise UserError(f"{report}: no report.html in this folder; give the folder `entrep evaluate --report` wrote")
+    web = create_app(model, hide_names=hide_names, max_upload_bytes=int(max_upload_mb * 1024 * 1024), report_dir=report,
                      allowed_hosts=LOOPBACK_HOSTS if loopback else None, warmup=True)
     state = web.state.entrep
     if not loopback:
@@ -55,7 +60,7 @@ def serve_cmd(
             f"this machine on port {port} can upload images and browse the gallery"
             f"{'' if hide_names else ', including its file names (use --hide-names)'}. There is no login and no "
             "encryption: use --host 127.0.0.1 unless this network is trusted.",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
         log.warning("entrep serve is listening on non-loopback address %s:%d", host, port)
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -65,7 +70,7 @@ def serve_cmd(
         f"serving {state.taxonomy.n_classes} classes, {state.gallery_size} gallery images"
         f"{', report' if state.has_report else ''} on [bold]http://{shown}:{port}/[/bold] "
         f"(API reference: http://{shown}:{port}/docs); press Ctrl+C to stop",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
     uvicorn.run(web, host=host.strip("[]"), port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)

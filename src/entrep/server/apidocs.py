@@ -24,7 +24,7 @@ def _type_of(schema: Mapping[str, Any], components: Mapping[str, Any]) -> str:
     t = schema.get("type", "any")
     if t == "array":
         return f"list of {_type_of(schema.get('items', {}), components)}"
-    if schema.get("format") == "binary":
+    if schema.get("format") == "binary" or "contentMediaType" in schema:
         return "file"
     bounds = []
     if "minimum" in schema:

@@ -33,12 +33,11 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from entrep.data.images import MAX_PIXELS, ImageError, load_rgb
 from entrep.errors import EntrepError, ModelError, UserError
 from entrep.server.apidocs import render_api_docs
-from entrep.server.limits import BodyLimit, SecurityHeaders
+from entrep.server.limits import BodyLimit, HostCheck, SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +244,7 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
     app.add_middleware(BodyLimit, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD,
                        describe=state.describe_limit)
     if allowed_hosts and "*" not in allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+        app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
 
@@ -271,14 +270,6 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
     @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
     def api_docs():
         return HTMLResponse(render_api_docs(app.openapi()))
-
-    @app.get("/report", summary="The model's evaluation report (HTML)", response_class=HTMLResponse,
-             responses={404: {"description": "The model has no report"}})
-    def report():
-        if not state.has_report:
-            raise HTTPException(404, "this model has no evaluation report; write one with "
-                                     "`entrep evaluate --model MODEL --data DATA --report DIR`")
-        return FileResponse(state.report_file, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     # ---- facts -----------------------------------------------------------
     @app.get("/healthz", summary="Model loaded, gallery size, taxonomy classes")
@@ -365,6 +356,15 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         return Response(content=data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/report", summary="The model's evaluation report (HTML)", response_class=HTMLResponse,
+             responses={404: {"description": "The model has no report"}})
+    def report():
+        if not state.has_report:
+            raise HTTPException(404, "this model has no evaluation report (MODEL/report/report.html); write one "
+                                     "with `entrep evaluate --model MODEL --data DATA --report DIR` and start "
+                                     "`entrep serve --report DIR`")
+        return FileResponse(state.report_file, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     return app
 

@@ -75,6 +75,34 @@ class BodyLimit:
         await self.app(scope, counted_receive, send)
 
 
+class HostCheck:
+    """Answer only requests whose Host header names an allowed host (JSON 400 otherwise).
+
+    A loopback server that answers any Host can be read by a web page on
+    another site through DNS rebinding; checking Host closes that hole.
+    """
+
+    def __init__(self, app, allowed_hosts) -> None:
+        self.app = app
+        self.allowed = {h.lower().strip("[]") for h in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
+        if host.startswith("["):  # [::1]:8000
+            host = host[1:host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        if host not in self.allowed:
+            for msg in _json_response(400, "invalid Host header: this server answers only "
+                                           f"{', '.join(sorted(self.allowed))}"):
+                await send(msg)
+            return
+        await self.app(scope, receive, send)
+
+
 # The page and its assets: nothing from outside, no inline script.
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
