@@ -121,7 +121,7 @@ def test_upload_shows_prediction_and_similar_images(browser, server, tiny_model_
     label = browser.find_element("id", "pred-label").text.strip()
     assert label in {it.label for it in gallery}
     assert "confidence" in browser.find_element("id", "pred-meta").text
-    assert "Decided by the" in browser.find_element("id", "pred-source").text
+    assert "prototypes" in browser.find_element("id", "pred-source").text
     assert len(browser.find_elements("css selector", "#prob-bars .prob-row")) == 7
     assert browser.find_element("id", "message").is_displayed() is False
     cards = browser.find_elements("css selector", "#results .result-card")

@@ -10,6 +10,8 @@
     last: null,          // {kind: "image", file} | {kind: "text", text}
     previewUrl: null,
     busy: 0,
+    hierarchical: false, // groups first, then the class within the group
+    seq: 0,              // query counter: only the latest query's answer is shown
   };
   const PALETTE = ["#2563eb", "#b45309", "#047857", "#7c3aed", "#be123c", "#0e7490", "#4d7c0f", "#a21caf"];
 
@@ -81,6 +83,7 @@
     try {
       const [health, classes] = await Promise.all([api("/healthz"), api("/api/classes")]);
       state.maxUpload = health.max_upload_bytes || state.maxUpload;
+      state.hierarchical = Boolean(health.hierarchical);
       const parts = [];
       if (health.model) parts.push(health.model);
       parts.push(`${health.classes.length} classes`);
@@ -139,6 +142,8 @@
       return;
     }
     state.last = { kind: "image", file };
+    const seq = ++state.seq;
+    resetResults();
     if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
     state.previewUrl = URL.createObjectURL(file);
     $("query-preview").src = state.previewUrl;
@@ -147,24 +152,45 @@
         const fd = new FormData();
         fd.append("file", file, file.name);
         const pred = await api("/api/classify", { method: "POST", body: fd });
-        showPrediction(pred);
+        if (seq === state.seq) showPrediction(pred);
       });
-      await searchImage();
     } catch (e) {
       $("prediction").hidden = true;
       showError(e.message);
+      return;
+    }
+    try {
+      await searchImage();
+    } catch (e) {
+      $("empty").textContent = "No search results.";
+      showError(e.message);  // the prediction above stays useful
     }
   }
 
   async function searchImage() {
     const file = state.last.file;
+    const seq = state.seq;
     const { filter, k } = params();
     const fd = new FormData();
     fd.append("file", file, file.name);
     fd.append("k", k);
     if (filter) fd.append("filter", filter);
     const res = await busy("Searching…", () => api("/api/search", { method: "POST", body: fd }));
-    showResults(res, `Gallery images like your image`);
+    if (seq === state.seq) showResults(res, `Gallery images like your image`);
+  }
+
+  // Which part of the hybrid decided, in words (see docs/server.md).
+  function describeSource(p) {
+    const within = p.side ? "side" : (p.state ? "state" : null);
+    if (!state.hierarchical) {
+      return p.source === "prototype"
+        ? "Decided by the prototypes: the image was close enough to one class's typical images."
+        : "Decided by the trained head: the prototypes were not confident enough on their own.";
+    }
+    const group = p.source === "prototype"
+      ? `The prototypes were confident about the group (${p.group})`
+      : `The prototypes were not confident enough, so the trained head chose the group (${p.group})`;
+    return within ? `${group}; the ${p.group} head chose the ${within}.` : `${group}, which has one class.`;
   }
 
   function showPrediction(p) {
@@ -176,9 +202,7 @@
     if (p.state) meta.push(`state ${p.state}`);
     meta.push(`confidence ${pct(p.confidence)}`);
     $("pred-meta").textContent = meta.join(" · ");
-    $("pred-source").textContent = p.source === "prototype"
-      ? "Decided by the prototypes: the image was close enough to one class's typical images."
-      : "Decided by the trained heads: the prototypes were not confident enough on their own.";
+    $("pred-source").textContent = describeSource(p);
     const bars = $("prob-bars");
     bars.replaceChildren();
     const probs = Object.entries(p.probabilities || {}).sort((a, b) => b[1] - a[1]);
@@ -202,18 +226,28 @@
     text = (text || "").trim();
     if (!text) { showError("Type a finding first, e.g. “a spur on the septum”."); return; }
     state.last = { kind: "text", text };
+    const seq = ++state.seq;
+    resetResults();
     $("prediction").hidden = true;
     const { filter, k } = params();
     const q = new URLSearchParams({ q: text, k, filter: filter || "auto" });
     try {
       const res = await busy("Searching…", () => api(`/api/search?${q}`));
-      showResults(res, `Gallery images matching “${text}”`);
+      if (seq === state.seq) showResults(res, `Gallery images matching “${text}”`);
     } catch (e) {
+      $("empty").textContent = "No search results.";
       showError(e.message);
     }
   }
 
   // ---- results -----------------------------------------------------------
+  function resetResults() {
+    $("results-title").textContent = "Results";
+    $("results").replaceChildren();
+    $("empty").textContent = "Searching…";
+    $("empty").hidden = false;
+  }
+
   function showResults(res, title) {
     $("results-title").textContent = title;
     const grid = $("results");
@@ -256,6 +290,7 @@
     if (!state.last) return;
     if (state.last.kind === "image") {
       clearError();
+      state.seq += 1;
       searchImage().catch((e) => showError(e.message));
     } else {
       searchText(state.last.text);
