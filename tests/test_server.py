@@ -347,6 +347,13 @@ def test_image_search_restricts_to_predicted_class_by_default(client, model, sam
         assert {h["label"] for h in results} == {pred["label"]}
 
 
+def test_uploaded_gallery_image_is_not_its_own_neighbour(client, model, sample):
+    name, data, _ = sample
+    own = [it.id for it in model.gallery.items if Path(it.path).name == name]
+    res = client.post("/api/search", files=upload(name, data), data={"k": "50", "filter": "none"}).json()
+    assert res["results"] and not set(own) & {h["id"] for h in res["results"]}
+
+
 def test_image_search_k_and_filter_as_query_parameters(client, sample):
     name, data, _ = sample
     r = client.post("/api/search?k=4&filter=none", files=upload(name, data))

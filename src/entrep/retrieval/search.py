@@ -92,12 +92,15 @@ def search_image(model, image: str | Path | Image.Image, *, k: int = 10, filter:
     pred = model.taxonomy.class_name(int(dec.fine[0]))
     labels = allowed_labels(model, filter, pred)
     q = model.retrieval_vectors(feats, space)
-    exclude = set()
+    # the query itself (a gallery file, or an upload whose bytes hash like one) is never returned
+    h = None
     if isinstance(image, (str, Path)):
         from entrep.data.hashing import sha256_file
 
         h = sha256_file(image)
-        exclude = {m.id for m in gallery.items if m.content_hash == h}
+    elif isinstance(image, Image.Image):
+        h = image.info.get("sha256")
+    exclude = {m.id for m in gallery.items if h is not None and m.content_hash == h}
     hits = gallery.search(q, k, allowed=[labels] if labels is not None else None, exclude_ids=[exclude])[0]
     return {
         "prediction": {"label": pred, "confidence": float(dec.confidence[0]),

@@ -20,6 +20,8 @@ concurrent use), while thumbnails and metadata are served without it.
 
 from __future__ import annotations
 
+import hashlib
+
 import io
 import logging
 import re
@@ -131,7 +133,10 @@ class ServerState:
             raise HTTPException(413, self.describe_limit(self.max_upload_bytes))
         name = "upload" if self.hide_names else (upload.filename or "upload")
         try:
-            return load_rgb(data, name=name, max_pixels=self.max_pixels)
+            image = load_rgb(data, name=name, max_pixels=self.max_pixels)
+            # the upload's content hash: search never returns the query itself when it is in the gallery
+            image.info["sha256"] = hashlib.sha256(data).hexdigest()
+            return image
         except ImageError as e:
             status = 415 if "not an image" in str(e) else 400
             raise HTTPException(status, str(e)) from None
