@@ -237,3 +237,14 @@ def test_flat_user_taxonomy_from_class_folders(tmp_path):
     assert ev["classification"]["fine"]["accuracy"] > 0.5
     pred = m.predict([tmp_path / "data" / "ear wax" / "0.png"])[0]
     assert pred["label"] in source and pred["group"] == pred["label"]
+
+
+def test_side_free_finding_returns_both_sides_in_the_top_two(tiny_model_dir):
+    from entrep.bundle import load_model
+    from entrep.retrieval.search import search_text
+
+    res = search_text(load_model(tiny_model_dir), "a spur on the septum", k=2)
+    labels = [h["label"] for h in res["results"]]
+    assert len(labels) == 2
+    if labels[0] in ("nose-left", "nose-right"):
+        assert set(labels) == {"nose-left", "nose-right"}

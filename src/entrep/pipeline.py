@@ -65,12 +65,7 @@ def _check_labels(ds: Dataset, what: str) -> None:
 
 
 def _features(model: EntrepModel, ds: Dataset, views=("orig", "flip")) -> ImageFeatures:
-    f = model.featurizer()
-    paths = [r.image for r in ds.records]
-    head = f.images("head", paths, views[0])
-    clip = head if f.shares_encoder() else f.images("clip", paths, views[0])
-    head_flip = f.images("head", paths, "flip") if "flip" in views else None
-    return ImageFeatures(clip=clip, head=head, head_flip=head_flip)
+    return model.image_features([r.image for r in ds.records], flips="flip" in views)
 
 
 def fit(

@@ -125,7 +125,8 @@ def search_text(model, text: str, *, k: int = 10, filter: str = "none", hide_nam
     u = model.embed_texts([text.strip()])
     # text lives in the joint space; the gallery may be in concat/head space
     q = _text_query_vector(model, u, gallery)
-    hits = gallery.search(q, k + 1, allowed=[labels] if labels is not None else None)[0]
+    # look deeper than k so the other side of the region can be found for diversify_sides
+    hits = gallery.search(q, k + 50, allowed=[labels] if labels is not None else None)[0]
     if not names_a_side(text, model.taxonomy):
         order = diversify_sides([h.metadata.label for h in hits], model.taxonomy)
         hits = [hits[i] for i in order]
@@ -148,7 +149,7 @@ def diversify_sides(ranked_labels: list, taxonomy) -> list[int]:
     hit moves up; everything else keeps its order.
     """
     order = list(range(len(ranked_labels)))
-    if len(order) < 3 or ranked_labels[0] is None:
+    if len(order) < 2 or ranked_labels[0] is None:
         return order
     mirror = taxonomy.mirror_of(ranked_labels[0])
     if mirror == ranked_labels[0] or ranked_labels[1] == mirror:
