@@ -11,6 +11,7 @@ from sklearn.exceptions import NotFittedError
 
 from entrep.classify.align import JointAlignment, text_to_image_recall
 from entrep.errors import EntrepError, ModelError
+from helpers import roundtrip_state
 
 C = 7
 
@@ -41,15 +42,6 @@ def _pairs(means, n, seed, caption_share=0.3, noise=1.0):
     text_ids = np.where(captioned, [f"caption {i}" for i in range(n)], [f"prompt {c}" for c in y])
     return V.astype(np.float32), U.astype(np.float32), text_ids, y
 
-
-def _roundtrip(state: dict, tmp_path) -> dict:
-    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-    rest = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
-    np.savez(tmp_path / "state.npz", **arrays)
-    (tmp_path / "state.json").write_text(json.dumps(rest, allow_nan=False))
-    loaded = dict(np.load(tmp_path / "state.npz"))
-    loaded.update(json.loads((tmp_path / "state.json").read_text()))
-    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +105,7 @@ def test_same_seed_gives_identical_projections_and_leaves_global_rng_alone():
 
 def test_state_round_trips_exactly_through_npz_and_json(tmp_path, fitted):
     model, means = fitted
-    back = JointAlignment.from_state(_roundtrip(model.get_state(), tmp_path))
+    back = JointAlignment.from_state(roundtrip_state(model.get_state(), tmp_path))
     assert back.get_params() == model.get_params()
     assert back.best_epoch_ == model.best_epoch_ and back.history_ == model.history_
     Vt, Ut, _, _ = _pairs(means, 30, seed=9)

@@ -12,6 +12,7 @@ from torch import nn
 
 from entrep.classify.heads import HeadClassifier, MLPHead
 from entrep.errors import EntrepError, ModelError
+from helpers import roundtrip_state
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -32,15 +33,6 @@ def _blobs(n_per, C=3, D=20, sep=3.0, seed=0, sizes=None):
     X = centres[y] + r.normal(size=(len(y), D))
     return X.astype(np.float32), y
 
-
-def _roundtrip(state: dict, tmp_path) -> dict:
-    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-    rest = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
-    np.savez(tmp_path / "state.npz", **arrays)
-    (tmp_path / "state.json").write_text(json.dumps(rest, allow_nan=False))
-    loaded = dict(np.load(tmp_path / "state.npz"))
-    loaded.update(json.loads((tmp_path / "state.json").read_text()))
-    return loaded
 
 
 def test_head_is_the_papers_architecture():
@@ -117,7 +109,7 @@ def test_state_round_trips_exactly_through_npz_and_json(tmp_path):
     X, y = _blobs(30, seed=8)
     model = HeadClassifier(hidden=(32, 16), max_epochs=6).fit(X, y + 2)  # ids 2, 3, 4
     state = model.get_state()
-    back = HeadClassifier.from_state(_roundtrip(state, tmp_path))
+    back = HeadClassifier.from_state(roundtrip_state(state, tmp_path))
     assert back.get_params() == model.get_params()
     assert back.best_epoch_ == model.best_epoch_ and back.history_ == model.history_
     np.testing.assert_array_equal(back.classes_, [2, 3, 4])

@@ -60,13 +60,11 @@ def _write_text_files(d):
         {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]", "mask_token": "[MASK]"}))
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    """open_clip local-dir layout: open_clip_config.json + open_clip_pytorch_model.bin + BERT config/tokenizer."""
+def build_tiny_biomedclip(d):
+    """open_clip local-dir layout in ``d``: open_clip_config.json + open_clip_pytorch_model.bin + BERT config/tokenizer."""
     from open_clip.model import CustomTextCLIP
 
     _register_tiny_vit()
-    d = tmp_path_factory.mktemp("tiny-biomedclip")
     _write_text_files(d)
     (d / "open_clip_config.json").write_text(json.dumps({
         "model_cfg": _model_cfg(),
@@ -77,6 +75,11 @@ def tiny_clip_dir(tmp_path_factory):
     model = CustomTextCLIP(**cfg)
     torch.save(model.state_dict(), d / "open_clip_pytorch_model.bin")
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    return build_tiny_biomedclip(tmp_path_factory.mktemp("tiny-biomedclip"))
 
 
 @pytest.fixture

@@ -3,29 +3,11 @@ prototypes and search, a DINOv2 checkpoint in Meta's layout for the heads, no ne
 
 from __future__ import annotations
 
-import copy
-import json
-
 import numpy as np
 import torch
 
 from test_dinov2 import TINY, _tiny, to_official
-from test_openclip import _model_cfg, _register_tiny_vit, _write_text_files
-
-
-def _tiny_biomedclip(d):
-    from open_clip.model import CustomTextCLIP
-
-    _register_tiny_vit()
-    _write_text_files(d)
-    (d / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": _model_cfg(),
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
-    cfg = copy.deepcopy(_model_cfg())
-    cfg["text_cfg"].update(hf_model_name=str(d), hf_model_pretrained=False)
-    torch.manual_seed(0)
-    torch.save(CustomTextCLIP(**cfg).state_dict(), d / "open_clip_pytorch_model.bin")
-    return d
+from test_openclip import build_tiny_biomedclip
 
 
 def test_paper_profile_fits_saves_loads_and_predicts(tiny_data_dir, tmp_path):
@@ -35,7 +17,7 @@ def test_paper_profile_fits_saves_loads_and_predicts(tiny_data_dir, tmp_path):
     from entrep.encoders.profiles import Profile
     from entrep.pipeline import evaluate, fit
 
-    clip_dir = _tiny_biomedclip(tmp_path / "biomedclip")
+    clip_dir = build_tiny_biomedclip(tmp_path / "biomedclip")
     surgenet = tmp_path / "surgenet.pth"
     torch.save(to_official(_tiny()), surgenet)
     profile = Profile(

@@ -13,6 +13,7 @@ from entrep.classify.fusion import l2_normalize
 from entrep.classify.prototypes import PrototypeClassifier, group_prototypes
 from entrep.errors import EntrepError, ModelError
 from entrep.taxonomy import ENT
+from helpers import roundtrip_state
 
 
 def _clusters(n_per=30, C=4, D=24, spread=0.6, seed=0):
@@ -22,16 +23,6 @@ def _clusters(n_per=30, C=4, D=24, spread=0.6, seed=0):
     Z = centres[y] + spread * r.normal(size=(len(y), D))
     return Z.astype(np.float32), y, centres
 
-
-def _roundtrip(state: dict, tmp_path) -> dict:
-    """Store a state the way a model bundle does (arrays in npz, the rest in JSON) and read it back."""
-    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-    rest = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
-    np.savez(tmp_path / "state.npz", **arrays)
-    (tmp_path / "state.json").write_text(json.dumps(rest, allow_nan=False))
-    loaded = dict(np.load(tmp_path / "state.npz"))
-    loaded.update(json.loads((tmp_path / "state.json").read_text()))
-    return loaded
 
 
 def test_prototype_is_normalised_mean_of_normalised_members():
@@ -156,7 +147,7 @@ def test_temperature_tuning_leaves_out_whole_groups_of_views():
 def test_state_round_trips_exactly_through_npz_and_json(tmp_path):
     Z, y, _ = _clusters(seed=7)
     model = PrototypeClassifier().fit(Z, y, classes=[0, 1, 2, 3, 4], allow_empty=True, tune_temperature=True)
-    back = PrototypeClassifier.from_state(_roundtrip(model.get_state(), tmp_path))
+    back = PrototypeClassifier.from_state(roundtrip_state(model.get_state(), tmp_path))
     assert back.get_params() == model.get_params()
     assert back.temperature_ == model.temperature_
     X = _clusters(n_per=5, seed=8)[0]
