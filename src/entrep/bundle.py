@@ -97,6 +97,7 @@ def save_model(model: EntrepModel, path: str | Path, *, report_dir: Path | None 
         "tuned_threshold": model.tuned_threshold,
         "use_tuned": model.use_tuned,
         "flip_tta": model.flip_tta,
+        "within_blend": model.within_blend,
         "training": model.training,
         "components": _flatten(comps, "c", arrays),
     }
@@ -159,6 +160,7 @@ def load_model(path: str | Path, *, device: str | None = None) -> EntrepModel:
         tuned_threshold=meta.get("tuned_threshold"),
         use_tuned=bool(meta.get("use_tuned", False)),
         flip_tta=dict(meta.get("flip_tta") or {}),
+        within_blend=bool(meta.get("within_blend", False)),
         encoders=meta.get("encoders") or {},
         training=meta.get("training") or {},
         path=path,

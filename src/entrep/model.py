@@ -27,6 +27,12 @@ def l2n(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
+def within_group(p: np.ndarray, members: list[int]) -> np.ndarray:
+    """A fine-class distribution restricted to one group's classes and renormalised: p(class | group)."""
+    sub = np.asarray(p, dtype=np.float64)[:, members]
+    return sub / np.maximum(sub.sum(axis=1, keepdims=True), 1e-12)
+
+
 @dataclass
 class ImageFeatures:
     """Row-aligned features of a batch of images: joint-space input, head input, flipped head input."""
@@ -66,6 +72,7 @@ class EntrepModel:
     tuned_threshold: float | None = None
     use_tuned: bool = False
     flip_tta: dict[str, bool] = field(default_factory=lambda: {"within": True, "baseline": True})
+    within_blend: bool = False  # average each group head with the baseline's within-group distribution
     encoders: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     gallery: Any | None = None  # GalleryIndex in the retrieval space
@@ -153,6 +160,8 @@ class EntrepModel:
                 if feats.head_flip is not None and self.flip_tta.get("within", False):
                     sub = subset_permutation(self.members[g], perm)
                     p = flip_tta(p, head.predict_proba(feats.head_flip), sub)
+                if self.within_blend:
+                    p = 0.5 * (p + within_group(baseline, self.members[g]))
                 out.within[g] = p
         return out
 

@@ -196,6 +196,7 @@ def fit(
     # ---- hybrid: flip TTA decision and threshold tuning on validation --------
     stage("hybrid: flip test-time augmentation and threshold on validation")
     model.flip_tta, tta_report = _choose_flip_tta(model, vfeats, vy)
+    blend_report = _choose_within_blend(model, vfeats, vy, cfg.threshold) if tax.hierarchical else None
     out = model.system_outputs(vfeats)
     tuned = None
     if tax.hierarchical:
@@ -219,6 +220,7 @@ def fit(
         "views": views,
         "val_accuracy": {"threshold_default": acc_default, "threshold_tuned": acc_tuned},
         "flip_tta_validation": tta_report,
+        "within_blend_validation": blend_report,
         "seconds": None,
     }
 
@@ -247,6 +249,16 @@ def _choose_flip_tta(model: EntrepModel, vfeats: ImageFeatures, vy: np.ndarray) 
         report[part] = {"without": accs[False], "with": accs[True], "enabled": choice[part]}
     model.flip_tta = choice
     return choice, report
+
+
+def _choose_within_blend(model: EntrepModel, vfeats: ImageFeatures, vy: np.ndarray, threshold: float) -> dict:
+    """Blend each side/state head with the baseline head only where that raises validation accuracy."""
+    accs = {}
+    for on in (False, True):
+        model.within_blend = on
+        accs[on] = float(np.mean(model.decide(model.system_outputs(vfeats), threshold=threshold).fine == vy))
+    model.within_blend = accs[True] > accs[False]
+    return {"without": accs[False], "with": accs[True], "enabled": model.within_blend}
 
 
 def gallery_metadata(records: list[Record], taxonomy, labels: list[str | None] | None = None) -> list[dict]:
@@ -373,6 +385,7 @@ def evaluate(model: EntrepModel, data: Dataset, *, stage: Stage = _noop) -> tupl
             "tuned_threshold": model.tuned_threshold,
             "active_threshold": model.active_threshold,
             "flip_tta": model.flip_tta,
+            "within_blend": model.within_blend,
             "deferred_fraction": float(np.mean(~dec.from_prototype)),
             "results_at_thresholds": results_at,
         },
