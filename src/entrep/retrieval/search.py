@@ -127,10 +127,13 @@ def search_text(model, text: str, *, k: int = 10, filter: str = "none", hide_nam
     q = _text_query_vector(model, u, gallery)
     # look deeper than k so the other side of the region can be found for diversify_sides
     hits = gallery.search(q, k + 50, allowed=[labels] if labels is not None else None)[0]
+    order_kind = "score"
     if not names_a_side(text, model.taxonomy):
         order = diversify_sides([h.metadata.label for h in hits], model.taxonomy)
+        if order[: k] != list(range(min(k, len(order)))):
+            order_kind = "side-diversified"  # the other side's best hit moved up to second place
         hits = [hits[i] for i in order]
-    return {"filter": filter, "classes": sorted(labels) if labels else None,
+    return {"filter": filter, "classes": sorted(labels) if labels else None, "order": order_kind,
             "results": [_hit_dict(h, hide_names) for h in hits[:k]]}
 
 

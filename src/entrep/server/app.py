@@ -325,7 +325,8 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
         with state.lock:
             res = search_text(model, q, k=k, filter=flt, hide_names=state.hide_names)
         return {"query": {"kind": "text", "text": q}, "filter": res.get("filter", flt),
-                "classes": res.get("classes"), "results": [state.hit(h) for h in res["results"]]}
+                "classes": res.get("classes"), "order": res.get("order", "score"),
+                "results": [state.hit(h) for h in res["results"]]}
 
     @app.post("/api/search", summary="Image -> prediction + similar gallery images", responses=ERROR_RESPONSES)
     def search_by_image(
