@@ -18,6 +18,19 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ENTREP_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails, as on an air-gapped machine."""
+    import socket
+
+    def refuse(*a, **k):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 # ---------------------------------------------------------------------------
 # A small fitted model, shared by the tests that need one (fit once per session).
 # ---------------------------------------------------------------------------

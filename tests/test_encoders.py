@@ -1,7 +1,6 @@
 """Encoder registry, weights resolver, offline defaults (effnet-lite0, MiniLM) and the encode API."""
 
 import json
-import socket
 import time
 
 import numpy as np
@@ -21,16 +20,6 @@ from entrep.encoders.resolver import (
 from entrep.errors import UserError, WeightsError
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails, as on an air-gapped machine."""
-
-    def refuse(*a, **k):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ and loaded back through the same code path as the real BiomedCLIP, with the netw
 import copy
 import json
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -80,15 +79,6 @@ def build_tiny_biomedclip(d):
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     return build_tiny_biomedclip(tmp_path_factory.mktemp("tiny-biomedclip"))
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*a, **k):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _frames(n=3):

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -328,13 +326,9 @@ def _pixel_hashes(members: list[Member], results: list, ok_idx: list[int]) -> li
 
 
 def _hash_all(paths: list[Path], progress: Callable[[int], None] | None) -> list:
-    out = []
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for res in pool.map(_hash_one, paths):
-            out.append(res)
-            if progress:
-                progress(1)
-    return out
+    from entrep.data.hashing import map_files
+
+    return map_files(_hash_one, paths, progress=progress)
 
 
 def _hamming_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int, int]]:

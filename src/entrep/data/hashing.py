@@ -6,11 +6,12 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from entrep.data.records import DataError
 
 _CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -25,12 +26,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_files(paths: Sequence[str | Path], *, progress: Callable[[int], None] | None = None) -> list[str]:
-    """SHA-256 of many files, a few threads at a time (hashlib releases the GIL)."""
-    out: list[str] = []
+def map_files(fn: Callable[[Path], T], paths: Sequence[str | Path], *,
+              progress: Callable[[int], None] | None = None) -> list[T]:
+    """``fn`` over many files, a few threads at a time (file reads and hashing release the GIL)."""
+    out: list[T] = []
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for h in pool.map(sha256_file, paths):
-            out.append(h)
+        for res in pool.map(fn, paths):
+            out.append(res)
             if progress:
                 progress(1)
     return out
+
+
+def sha256_files(paths: Sequence[str | Path], *, progress: Callable[[int], None] | None = None) -> list[str]:
+    """SHA-256 of many files, a few threads at a time (hashlib releases the GIL)."""
+    return map_files(sha256_file, paths, progress=progress)

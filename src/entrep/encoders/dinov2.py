@@ -240,10 +240,9 @@ def load_dinov2_weights(model: torch.nn.Module, path: str | Path) -> LoadReport:
             for k in heads:
                 sd.pop(k)
             report.dropped.setdefault("classifier head unused for features", []).extend(heads)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    from entrep.encoders.resolver import compare_state_dicts
+
+    missing, unexpected, wrong = compare_state_dicts(expected, sd)
     if missing or unexpected or wrong:
         raise WeightsError(
             f"dinov2: {path} does not fit {type(model).__name__} ({report.summary()}): "

@@ -121,10 +121,9 @@ def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.
             sd = sd[wrapper]
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd and k not in HEAD_KEYS]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)}!={tuple(v.shape)}" for k, v in expected.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    from entrep.encoders.resolver import compare_state_dicts
+
+    missing, unexpected, wrong = compare_state_dicts(expected, sd, ignore_missing=HEAD_KEYS)
     if missing or unexpected or wrong:
         raise WeightsError(
             f"effnet-lite0: {weights_file} does not fit EfficientNet-Lite0: "

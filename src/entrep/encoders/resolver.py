@@ -378,3 +378,14 @@ def load_checkpoint_file(path: str | Path, *, what: str) -> dict:
     if not isinstance(obj, dict):
         raise WeightsError(f"{what}: checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def compare_state_dicts(expected: dict, found: dict, *, ignore_missing: Iterable[str] = ()) -> tuple[list, list, list]:
+    """Keys a checkpoint lacks, keys it has in excess, and shape mismatches, for strict loading reports."""
+    skip = set(ignore_missing)
+    missing = [k for k in expected if k not in found and k not in skip]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    return missing, unexpected, wrong
+
