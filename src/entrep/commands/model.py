@@ -211,4 +211,16 @@ def demo_cmd(
     _print_summary(ev)
     console.print(f"report:  {report_dir / 'report.html'}")
     console.print(f"model:   {model_dir}")
-    console.print(f"serve it: [bold]entrep serve --model {model_dir}[/bold]", highlight=False)
+    console.print(f"serve it: [bold]{_entrep_command()} serve --model {model_dir}[/bold]", highlight=False)
+
+
+def _entrep_command() -> str:
+    """How the user can call entrep again: plain `entrep` when it is on PATH, else the path they used."""
+    import shutil
+    import sys
+
+    used = Path(sys.argv[0])
+    on_path = shutil.which("entrep")
+    if used.name == "entrep" and "/" in sys.argv[0] and (not on_path or Path(on_path).resolve() != used.resolve()):
+        return sys.argv[0]
+    return "entrep"
