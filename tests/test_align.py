@@ -16,15 +16,6 @@ from helpers import roundtrip_state
 C = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small matrices: one thread is as fast, and immune to busy neighbours on a shared CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _spaces(D_img=600, D_txt=384, seed=0):
     """Per-class means in two independent random spaces, plus one 'caption' direction per caption."""
     r = np.random.default_rng(seed)

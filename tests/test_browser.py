@@ -128,7 +128,11 @@ def test_upload_shows_prediction_and_similar_images(browser, server, tiny_model_
     assert 1 <= len(cards) <= 10
     assert all(c.find_element("css selector", ".score").text for c in cards)
 
-    shot = tmp_path / "page-image-query.png"
+    _screenshot(browser, tmp_path / "page-image-query.png")
+
+
+def _screenshot(browser, shot: Path) -> None:
+    """Save a screenshot, check it is not blank, and keep a copy in $ENTREP_SCREENSHOT_DIR if set."""
     browser.save_screenshot(str(shot))
     _check_not_blank(shot)
     keep = os.environ.get("ENTREP_SCREENSHOT_DIR")
@@ -152,12 +156,7 @@ def test_text_query_shows_matching_images(browser, server, tmp_path):
     _wait(browser, lambda d: d.find_elements("css selector", "#results .label-chip") and all(
         e.text == "ear-right" for e in d.find_elements("css selector", "#results .label-chip")), "filtered results")
 
-    shot = tmp_path / "page-text-query.png"
-    browser.save_screenshot(str(shot))
-    _check_not_blank(shot)
-    keep = os.environ.get("ENTREP_SCREENSHOT_DIR")
-    if keep:
-        shutil.copy(shot, Path(keep) / shot.name)
+    _screenshot(browser, tmp_path / "page-text-query.png")
 
 
 def test_bad_upload_shows_a_visible_error(browser, server, tmp_path):

@@ -15,15 +15,6 @@ from entrep.errors import EntrepError, ModelError
 from helpers import roundtrip_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small matrices: one thread is as fast, and immune to busy neighbours on a shared CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blobs(n_per, C=3, D=20, sep=3.0, seed=0, sizes=None):
     r = np.random.default_rng(seed)
     centres = np.random.default_rng(1000).normal(size=(C, D))

@@ -70,7 +70,7 @@ def _profile_dict(profile) -> dict:
     return dict(profile)
 
 
-def save_model(model: EntrepModel, path: str | Path, *, report_dir: Path | None = None) -> Path:
+def save_model(model: EntrepModel, path: str | Path) -> Path:
     """Write ``model`` to the folder ``path`` atomically (replacing an older model there)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -107,8 +107,8 @@ def save_model(model: EntrepModel, path: str | Path, *, report_dir: Path | None 
         np.savez(tmp / "arrays.npz", **arrays)
         if model.gallery is not None:
             model.gallery.save(tmp / "gallery")
-        src_report = report_dir or ((model.path / "report") if model.path else None)
-        if src_report is not None and Path(src_report).is_dir():
+        src_report = (model.path / "report") if model.path else None  # a re-saved model keeps its report
+        if src_report is not None and src_report.is_dir():
             import shutil
 
             shutil.copytree(src_report, tmp / "report")

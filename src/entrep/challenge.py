@@ -97,11 +97,9 @@ def make_submission(model, track: int, queries_csv: Path, images: Path, out: Pat
             q = model.retrieval_vectors(feats)
             flt = filter or model.config.retrieval.filter
             labels = [allowed_labels(model, flt, model.taxonomy.class_name(int(c))) for c in dec.fine]
-            from entrep.data.hashing import sha256_files
-
             # the query itself (and byte-identical copies of it) is never an answer
             exclude = [by_hash.get(h, set()) | ({by_name[p.name]} if p.name in by_name else set())
-                       for p, h in zip(paths, sha256_files(paths))]
+                       for p, h in zip(paths, model.file_hashes(paths))]
             hits = gallery.search(q, 1, allowed=None if flt == "none" else labels, exclude_ids=exclude)
             # a class filter can leave nothing (a gallery without that class): fall back to unfiltered
             for i, h in enumerate(hits):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console

@@ -112,6 +112,10 @@ class EntrepModel:
         head_flip = f.images("head", images, "flip") if flips else None
         return ImageFeatures(clip=clip, head=head, head_flip=head_flip)
 
+    def file_hashes(self, paths: Sequence) -> list[str]:
+        """sha256 of each file's bytes, remembered by the feature cache (no re-read of unchanged files)."""
+        return self.featurizer().cache.file_hashes(paths)
+
     def joint_images(self, clip_feats: np.ndarray) -> np.ndarray:
         if self.align is not None:
             return l2n(self.align.transform_images(clip_feats))

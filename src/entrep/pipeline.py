@@ -155,7 +155,7 @@ def fit(
             seed=cfg.seed,
         ).fit(V_all, U_all, text_ids=text_ids, labels=y_all, prompts=prompts_U, sample_groups=src_all)
     v_joint = model.joint_images(V)
-    u_joint = model.joint_texts(feat.texts(texts))
+    u_joint = model.joint_texts(U_all[: len(texts)])  # the unflipped images' texts come first
     z = fuse(v_joint, u_joint)
     stage("prototypes: one per class and one per group")
     model.proto_fine = PrototypeClassifier().fit(z, y, classes=list(range(tax.n_classes)))
@@ -261,11 +261,9 @@ def _choose_within_blend(model: EntrepModel, vfeats: ImageFeatures, vy: np.ndarr
     return {"without": accs[False], "with": accs[True], "enabled": model.within_blend}
 
 
-def gallery_metadata(records: list[Record], taxonomy, labels: list[str | None] | None = None) -> list[dict]:
+def gallery_metadata(records: list[Record], taxonomy, hashes: list[str],
+                     labels: list[str | None] | None = None) -> list[dict]:
     """Row metadata of a gallery; ``labels`` overrides missing labels (predicted ones)."""
-    from entrep.data.hashing import sha256_files
-
-    hashes = sha256_files([r.image for r in records])
     out = []
     for i, (r, h) in enumerate(zip(records, hashes)):
         label = r.label if r.label is not None else (labels[i] if labels else None)
@@ -281,28 +279,30 @@ def gallery_metadata(records: list[Record], taxonomy, labels: list[str | None] |
 
 
 def _gallery_rows(model: EntrepModel, data: Dataset) -> tuple[np.ndarray, list[dict]]:
-    feats = _features(model, data, views=("orig", "flip"))
+    unlabelled = any(r.label is None for r in data.records)
+    # flipped views only matter for predicting missing labels (flip TTA)
+    feats = _features(model, data, views=("orig", "flip") if unlabelled else ("orig",))
     labels = None
-    if any(r.label is None for r in data.records):
+    if unlabelled:
         dec, _ = model.predict_features(feats)
         labels = [model.taxonomy.class_name(int(i)) for i in dec.fine]
-    return model.retrieval_vectors(feats), gallery_metadata(data.records, model.taxonomy, labels)
+    hashes = model.file_hashes([r.image for r in data.records])
+    return model.retrieval_vectors(feats), gallery_metadata(data.records, model.taxonomy, hashes, labels)
 
 
-def build_gallery(model: EntrepModel, data: Dataset, *, replace: bool = True) -> dict:
+def build_gallery(model: EntrepModel, data: Dataset) -> dict:
     """(Re)build the model's search index over ``data``.
 
     With an existing gallery, rows whose image content is no longer present are
     removed and only new images are embedded and added (the feature cache makes
     unchanged images free). Unlabelled images get the model's predicted label.
     """
-    from entrep.data.hashing import sha256_files
     from entrep.retrieval.index import GalleryIndex
 
-    if model.gallery is not None and replace:
+    if model.gallery is not None:
         old = model.gallery
         old_hash = {m.content_hash: m.id for m in old.items}
-        hashes = sha256_files([r.image for r in data.records])
+        hashes = model.file_hashes([r.image for r in data.records])
         new_hash = set(hashes)
         gone = [i for h, i in old_hash.items() if h not in new_hash]
         add_idx = [k for k, h in enumerate(hashes) if h not in old_hash]

@@ -39,16 +39,11 @@ class _Stages:
             console.print(f"[dim]{time.perf_counter() - self.t0:7.1f}s[/dim]  {msg}", highlight=False)
 
 
-def _fit_and_save(data, val, out: Path, config, profile_path, stages, progress=True):
+def _fit_and_save(data, val, out: Path, config, stages, progress=True):
     from entrep.bundle import save_model
     from entrep.pipeline import fit
 
-    profile = None
-    if profile_path is not None:
-        from entrep.encoders.profiles import resolve_profile
-
-        profile = resolve_profile(profile_path)
-    model = fit(data, val=val, config=config, profile=profile, progress=progress, stage=stages)
+    model = fit(data, val=val, config=config, progress=progress, stage=stages)
     save_model(model, out)
     return model
 
@@ -74,7 +69,7 @@ def fit_cmd(
     ds = _read(data, tax, skip_bad)
     vds = _read(val, ds.taxonomy, skip_bad) if val else None
     stages(f"read {len(ds)} training images" + (f" and {len(vds)} validation images" if vds else ""))
-    model = _fit_and_save(ds, vds, out, cfg, None, stages)
+    model = _fit_and_save(ds, vds, out, cfg, stages)
     tr = model.training
     console.print(
         f"[green]saved[/green] model to {out}  (validation accuracy {tr['val_accuracy']['threshold_default']:.3f} "
@@ -85,14 +80,14 @@ def fit_cmd(
 
 
 def _evaluate(model_path: Path, data: Path, report: Optional[Path], json_out: Optional[Path], skip_bad=False,
-              stages=None, taxonomy=None):
+              stages=None):
     from entrep.bundle import load_model
     from entrep.io import write_json_atomic
     from entrep.pipeline import evaluate
 
     stages = stages or _Stages()
     model = load_model(model_path)
-    ds = _read(data, taxonomy or model.taxonomy, skip_bad)
+    ds = _read(data, model.taxonomy, skip_bad)
     evaluation, artefacts = evaluate(model, ds, stage=stages)
     if json_out:
         write_json_atomic(json_out, evaluation)
@@ -200,7 +195,7 @@ def demo_cmd(
     stages("4/6 fit: features, alignment, prototypes, heads, hybrid, gallery")
     from entrep.config import FitConfig
 
-    model = _fit_and_save(splits["train"], splits["val"], model_dir, FitConfig(seed=seed), None, stages)
+    model = _fit_and_save(splits["train"], splits["val"], model_dir, FitConfig(seed=seed), stages)
     stages("5/6 evaluate on the held-out test split")
     ev = _evaluate(model_dir, split_dir / "test.jsonl", report_dir, report_dir / "evaluation.json", stages=stages)
     # keep a copy of the report with the model so `serve` can link it

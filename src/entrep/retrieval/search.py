@@ -95,9 +95,7 @@ def search_image(model, image: str | Path | Image.Image, *, k: int = 10, filter:
     # the query itself (a gallery file, or an upload whose bytes hash like one) is never returned
     h = None
     if isinstance(image, (str, Path)):
-        from entrep.data.hashing import sha256_file
-
-        h = sha256_file(image)
+        h = model.file_hashes([image])[0]
     elif isinstance(image, Image.Image):
         h = image.info.get("sha256")
     exclude = {m.id for m in gallery.items if h is not None and m.content_hash == h}
@@ -204,6 +202,7 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
     n = len(recs)
     labels = np.array([r.label for r in recs], dtype=object)
     names = np.array([r.name for r in recs], dtype=object)
+    name_set = set(names)
     pred = np.array([tax.class_name(int(i)) for i in dec.fine], dtype=object)
     vecs = model.retrieval_vectors(feats)
     S = vecs @ vecs.T
@@ -220,7 +219,7 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
             cls_s.append(s)
             cls_r.append(labels[allowed] == labels[i])
             p = recs[i].pair
-            if p and p in set(names) and p != recs[i].name:
+            if p and p in name_set and p != recs[i].name:
                 pair_s.append(s)
                 pair_r.append(names[allowed] == p)
         entry = {"class": _scores_from_rankings(cls_s, cls_r)}
@@ -229,7 +228,7 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
         by_filter[flt] = entry
     result: dict = {"i2i": by_filter[model.config.retrieval.filter], "i2i_by_filter": by_filter,
                     "i2i_filter": model.config.retrieval.filter, "space": model.config.retrieval.space}
-    queries = [(t, nm) for t, nm in data.text_queries if nm in set(names)]
+    queries = [(t, nm) for t, nm in data.text_queries if nm in name_set]
     source = "t2i captions"
     if not queries:
         queries = [(r.text, r.name) for r in recs if r.text]
