@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from entrep.classify.fusion import l2_normalize
 from entrep.classify.hybrid import HybridDecision, flat_decide, flip_tta, hierarchical_decide, subset_permutation
 from entrep.config import FitConfig
 from entrep.taxonomy import Taxonomy
@@ -22,9 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    """Row-wise L2 normalisation to float32 (what FAISS and the heads take)."""
+    return l2_normalize(np.asarray(x, dtype=np.float32))
 
 
 def within_group(p: np.ndarray, members: list[int]) -> np.ndarray:
@@ -40,7 +40,6 @@ class ImageFeatures:
     clip: np.ndarray
     head: np.ndarray
     head_flip: np.ndarray | None = None
-    clip_flip: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.head)
