@@ -1,3 +1,40 @@
-"""entrep: classify and search ENT endoscopy images."""
+"""entrep: classify and search ENT endoscopy images.
 
-__version__ = "0.1.0"
+The public Python API (see docs/api.md)::
+
+    import entrep
+    model = entrep.fit("train/", out="model/")      # or entrep.load("model/")
+    model.predict(["a.png"])
+    model.search_text("nose-left polyp", k=5)
+
+Heavy modules (torch, faiss, transformers) are imported only when a function needs them.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.2.0"
+
+__all__ = ["EntrepModel", "fit", "load", "__version__"]
+
+
+def load(path, *, cache=None, device=None):
+    """Read a fitted model folder (written by :func:`fit` or `entrep fit`)."""
+    from entrep.model import load_model
+
+    return load_model(path, cache=cache, device=device)
+
+
+def fit(data, *, out=None, val=None, config=None, profile=None, cache=None, device=None, progress=False):
+    """Train a model on ``data`` (a DATA path or a Dataset); saves it to ``out`` when given."""
+    from entrep.model import fit_model
+
+    return fit_model(data, out=out, val=val, config=config, profile=profile, cache=cache, device=device,
+                     progress=progress)
+
+
+def __getattr__(name: str):
+    if name == "EntrepModel":
+        from entrep.model import EntrepModel
+
+        return EntrepModel
+    raise AttributeError(f"module 'entrep' has no attribute {name!r}")
