@@ -1,5 +1,6 @@
-"""`python -m entrep ...` runs the command line."""
+"""``python -m entrep``: the same command line as ``entrep``."""
 
-from entrep.cli import main
+from entrep.cli.app import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from entrep.cli import app, console
+from entrep.cli.app import app, console
 
 _TAXONOMY_HELP = "Taxonomy YAML/JSON for classes other than ENT (default: ENT, or inferred from class folders)."
 

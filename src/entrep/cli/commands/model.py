@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from entrep.cli import _emit_json, app, console
+from entrep.cli.app import app, console, emit_json
 from entrep.errors import UserError
 
 
@@ -151,7 +151,7 @@ def predict_cmd(
         load_rgb(p)
     preds = m.predict(list(images))
     if as_json:
-        _emit_json([{k: v for k, v in p.items() if k != "probabilities"} for p in preds])
+        emit_json([{k: v for k, v in p.items() if k != "probabilities"} for p in preds])
         return
     from rich.table import Table
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from entrep.cli import _emit_json, app, console
+from entrep.cli.app import app, console, emit_json
 
 
 @app.command("synth")
@@ -28,7 +28,7 @@ def synth(
     summary = generate(out, n=n, seed=seed, public=public, public_n=public_n, queries=queries,
                        progress=not as_json, workers=workers, force=force)
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
         return
     _print_summary(summary)
 

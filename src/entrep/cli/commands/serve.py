@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from entrep.cli import app, console
+from entrep.cli.app import app, console
 from entrep.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from entrep.cli import _emit_json, app, console
+from entrep.cli.app import app, console, emit_json
 from entrep.errors import UserError
 
 
@@ -60,7 +60,7 @@ def search_cmd(
         res = search_image(m, image, k=k, filter=filter, hide_names=hide_names)
     hits = res["results"]
     if as_json:
-        _emit_json([{"image": h["image"], "score": h["score"], "label": h["label"]} for h in hits])
+        emit_json([{"image": h["image"], "score": h["score"], "label": h["label"]} for h in hits])
         return
     if "prediction" in res:
         p = res["prediction"]

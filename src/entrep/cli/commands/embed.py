@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from entrep.cli import app, console  # noqa: F401
+from entrep.cli.app import app, console
 
 
 @app.command("embed")
