@@ -20,12 +20,12 @@ import numpy as np
 
 
 def run_split(train, val, test, cfg, out: Path) -> dict:
-    from entrep.pipeline import evaluate, fit
+    from entrep.model.train import fit
     from entrep.report.html import write_report
 
     t0 = time.perf_counter()
     model = fit(train, val=val, config=cfg, stage=lambda m: print(f"  {time.perf_counter() - t0:6.1f}s {m}", flush=True))
-    ev, art = evaluate(model, test)
+    ev, art = model.evaluate(test)
     write_report(out, ev, confusions=art["confusions"], embeddings=art["embeddings"])
     ev["fit_seconds"] = round(time.perf_counter() - t0, 1)
     return ev
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--n-aug", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("/tmp/entrep-bench-cls"))
     ap.add_argument("--real", type=Path, default=None, help="labelled data for 5-fold cross-validation")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here (default OUT/results.json)")
     args = ap.parse_args()
     cfg = FitConfig(seed=args.seed, n_aug=args.n_aug)
     results = []
@@ -73,19 +74,21 @@ def main() -> None:
         from sklearn.model_selection import StratifiedKFold
 
         from entrep.data.readers import read_dataset
-        from entrep.pipeline import internal_split
+        from entrep.model.train import split_for_fit
 
         ds = read_dataset(args.real)
         y = [r.label for r in ds.records]
         for k, (tr, te) in enumerate(StratifiedKFold(5, shuffle=True, random_state=args.seed).split(y, y)):
-            train, val = internal_split(ds.subset(tr), 0.1, args.seed)
+            train, val, _ = split_for_fit(ds.subset(tr), None, cfg)
             results.append(summarise(run_split(train, val, ds.subset(te), cfg, args.out / f"fold{k}")))
     keys = sorted({k for r in results for k in r})
     table = {k: (float(np.mean([r[k] for r in results if k in r])), float(np.std([r[k] for r in results if k in r])))
              for k in keys}
     print(json.dumps({k: f"{m:.4f} ± {s:.4f}" if len(results) > 1 else f"{m:.4f}" for k, (m, s) in table.items()},
                      indent=1))
-    (args.out / "results.json").write_text(json.dumps({"folds": results, "config": cfg.to_dict()}, indent=1))
+    out = args.json or args.out / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"folds": results, "mean_std": table, "config": cfg.to_dict()}, indent=1))
 
 
 if __name__ == "__main__":

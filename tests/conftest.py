@@ -57,26 +57,16 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_data_dir, tmp_path_factory):
     """Path of a fitted model folder (offline profile) with a gallery and an evaluation report."""
-    import os
-
-    from entrep.bundle import attach_report, save_model
     from entrep.data.readers import read_dataset
-    from entrep.pipeline import evaluate, fit
+    from entrep.model import attach_report
+    from entrep.model.train import fit
     from entrep.report.html import write_report
 
     root = tmp_path_factory.mktemp("tiny-model")
-    old = os.environ.get("ENTREP_CACHE")
-    os.environ["ENTREP_CACHE"] = str(root / "cache")
-    try:
-        ds = read_dataset(tiny_data_dir)
-        model = fit(ds, config=tiny_config())
-        save_model(model, root / "model")
-        ev, art = evaluate(model, ds)
-        write_report(root / "report", ev, confusions=art["confusions"], embeddings=art["embeddings"])
-        attach_report(root / "model", root / "report")
-    finally:
-        if old is None:
-            os.environ.pop("ENTREP_CACHE", None)
-        else:
-            os.environ["ENTREP_CACHE"] = old
+    ds = read_dataset(tiny_data_dir)
+    model = fit(ds, config=tiny_config(), cache=root / "cache")
+    model.save(root / "model")
+    ev, art = model.evaluate(ds)
+    write_report(root / "report", ev, confusions=art["confusions"], embeddings=art["embeddings"])
+    attach_report(root / "model", root / "report")
     return root / "model"

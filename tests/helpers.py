@@ -9,12 +9,12 @@ import numpy as np
 
 def roundtrip_state(state: dict, tmp_path) -> dict:
     """Store a fitted state exactly as a model bundle does (arrays in npz, the rest in JSON) and read it back."""
-    from entrep.bundle import _flatten, _unflatten
+    from entrep.model.bundle import flatten_state, unflatten_state
 
     arrays: dict[str, np.ndarray] = {}
-    rest = _flatten(state, "s", arrays)
+    rest = flatten_state(state, "s", arrays)
     np.savez(tmp_path / "state.npz", **arrays)
     (tmp_path / "state.json").write_text(json.dumps(rest, allow_nan=False))
     with np.load(tmp_path / "state.npz") as npz:
         loaded = {k: npz[k] for k in npz.files}
-    return _unflatten(json.loads((tmp_path / "state.json").read_text()), loaded)
+    return unflatten_state(json.loads((tmp_path / "state.json").read_text()), loaded)

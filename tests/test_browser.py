@@ -111,7 +111,7 @@ def _loaded_thumbs(driver) -> int:
 
 
 def test_upload_shows_prediction_and_similar_images(browser, server, tiny_model_dir, tmp_path):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
 
     gallery = load_model(tiny_model_dir).gallery.items
     _open(browser, server)

@@ -103,10 +103,3 @@ def test_side_free_text_rankings_show_both_sides_early():
     assert names_a_side("perforation in the left ear", ENT)
     assert not names_a_side("a spur on the septum", ENT)
     assert not names_a_side("nasal polyp", ENT)
-
-
-def test_within_group_renormalises_a_fine_distribution():
-    from entrep.model import within_group
-
-    p = np.array([[0.1, 0.3, 0.6], [0.0, 0.0, 1.0]])
-    np.testing.assert_allclose(within_group(p, [0, 1]), [[0.25, 0.75], [0.0, 0.0]])

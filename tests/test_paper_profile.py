@@ -11,11 +11,11 @@ from test_openclip import build_tiny_biomedclip
 
 
 def test_paper_profile_fits_saves_loads_and_predicts(tiny_data_dir, tmp_path):
-    from entrep.bundle import load_model, save_model
+    from entrep.model import load_model
     from entrep.config import FitConfig, HeadConfig
     from entrep.data.readers import read_dataset
     from entrep.encoders.profiles import Profile
-    from entrep.pipeline import evaluate, fit
+    from entrep.model.train import fit
 
     clip_dir = build_tiny_biomedclip(tmp_path / "biomedclip")
     surgenet = tmp_path / "surgenet.pth"
@@ -28,14 +28,14 @@ def test_paper_profile_fits_saves_loads_and_predicts(tiny_data_dir, tmp_path):
     )
     ds = read_dataset(tiny_data_dir)
     model = fit(ds, config=FitConfig(n_aug=0, head=HeadConfig(max_epochs=5, patience=3)), profile=profile)
-    assert model.align is None  # BiomedCLIP's towers already share a space
-    assert not model.featurizer().shares_encoder()
+    assert model.parts.align is None  # BiomedCLIP's towers already share a space
+    assert not model.extractor.shares_encoder()
     assert model.encoders["clip_image"]["name"] == "biomedclip"
     assert model.encoders["head_image"]["dim"] == 5 * 32  # grid2 pooling of 32-d DINOv2 tokens
-    save_model(model, tmp_path / "model")
+    model.save(tmp_path / "model")
     loaded = load_model(tmp_path / "model")
     imgs = [r.image for r in ds.records[:4]]
     assert loaded.predict(imgs) == model.predict(imgs)
-    ev, _ = evaluate(loaded, ds.subset(range(20)))
-    assert set(ev["classification"]["systems"]) == {"prototype", "baseline", "hybrid"}
+    ev, _ = loaded.evaluate(ds.subset(range(20)))
+    assert {"prototype", "baseline", "hybrid"} <= set(ev["classification"]["systems"])
     assert np.isfinite(ev["retrieval"]["i2i"]["class"]["mrr"])

@@ -27,7 +27,7 @@ def _run(*args):
 
 
 def test_flipped_views_carry_the_mirror_label_for_every_taxonomy():
-    from entrep.pipeline import view_labels
+    from entrep.model.train import view_labels
 
     y = np.arange(7)
     flipped = [ENT.class_name(i) for i in view_labels(y, "aug2-flip", ENT)]
@@ -54,7 +54,11 @@ def test_evaluate_json_has_the_guide_schema(tiny_model_dir, tiny_data_dir, tmp_p
             assert k in cls[level]
     assert set(cls["fine"]["per_class"]) == set(ENT.classes)
     assert set(cls["fine"]["per_class"]["nose-left"]) >= {"precision", "recall", "f1", "support"}
-    assert set(cls["systems"]) == {"prototype", "baseline", "hybrid"}
+    assert {"prototype", "baseline", "hybrid"} <= set(cls["systems"]) <= {"prototype", "baseline", "hybrid", "policy"}
+    pol = ev["policy"]
+    assert pol["chosen"] in pol["validation"]  # every candidate's validation score, and the chosen one
+    best_component = max(pol["validation"][n] for n in pol["validation"] if not n.startswith("hybrid("))
+    assert pol["validation"][pol["chosen"]] >= best_component
     assert set(cls["systems"]["hybrid"]) == {"fine", "coarse"}
     for task in ("i2i", "t2i"):
         for k in ("recall@1", "recall@5", "recall@10", "mrr"):
@@ -79,7 +83,7 @@ def test_predict_json_schema_and_source(tiny_model_dir, tiny_data_dir):
 
 
 def test_save_load_round_trip_gives_identical_predictions(tiny_model_dir, tiny_data_dir, tmp_path):
-    from entrep.bundle import load_model, save_model
+    from entrep.model import load_model, save_model
 
     imgs = sorted((tiny_data_dir / "imgs").glob("*.png"))[:6]
     m1 = load_model(tiny_model_dir)
@@ -91,7 +95,7 @@ def test_save_load_round_trip_gives_identical_predictions(tiny_model_dir, tiny_d
 
 
 def test_predict_errors_are_one_line_naming_the_file(tiny_model_dir, tmp_path):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
     from entrep.data.images import ImageError
 
     bad = tmp_path / "broken.png"
@@ -106,7 +110,7 @@ def test_predict_errors_are_one_line_naming_the_file(tiny_model_dir, tmp_path):
 
 
 def test_model_reads_grayscale_and_rgba_images(tiny_model_dir, tiny_data_dir, tmp_path):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
 
     src = sorted((tiny_data_dir / "imgs").glob("*.png"))[0]
     im = Image.open(src)
@@ -117,7 +121,7 @@ def test_model_reads_grayscale_and_rgba_images(tiny_model_dir, tiny_data_dir, tm
 
 
 def test_image_search_filters_to_the_predicted_class_and_excludes_the_query(tiny_model_dir, tiny_data_dir):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
     from entrep.retrieval.search import search_image
 
     m = load_model(tiny_model_dir)
@@ -146,7 +150,7 @@ def test_search_cli_text_and_image(tiny_model_dir, tiny_data_dir):
 
 
 def test_text_search_auto_filter_uses_the_class_named(tiny_model_dir):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
     from entrep.retrieval.search import class_named_in, search_text
 
     assert class_named_in("a perforation in the left ear", ENT) == {"ear-left"}
@@ -157,7 +161,7 @@ def test_text_search_auto_filter_uses_the_class_named(tiny_model_dir):
 
 
 def test_index_adds_and_removes_without_rebuilding(tiny_model_dir, tiny_data_dir, tmp_path):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -213,11 +217,11 @@ def test_submit_names_a_missing_query_image(tiny_model_dir, tiny_data_dir, tmp_p
 
 
 def test_flat_user_taxonomy_from_class_folders(tmp_path):
-    from entrep.bundle import load_model, save_model
+    from entrep.model import load_model, save_model
     from entrep.config import AlignConfig, FitConfig, HeadConfig
     from entrep.data.readers import read_dataset
     from entrep.data.synthetic import render_image
-    from entrep.pipeline import evaluate, fit
+    from entrep.model.train import fit
 
     source = {"normal ear": "ear-left", "acute otitis media": "nose-left", "ear wax": "vc-open", "perforated drum": "throat"}
     rng = np.random.default_rng(0)
@@ -229,10 +233,10 @@ def test_flat_user_taxonomy_from_class_folders(tmp_path):
     assert not ds.taxonomy.hierarchical and set(ds.taxonomy.classes) == set(source)
     cfg = FitConfig(n_aug=0, head=HeadConfig(max_epochs=30, patience=5), align=AlignConfig(epochs=40), val_fraction=0.25)
     model = fit(ds, config=cfg)
-    assert model.group_head is None and model.within_heads == {}
+    assert model.parts.group_head is None and model.parts.within_heads == {}
     save_model(model, tmp_path / "m")
     m = load_model(tmp_path / "m")
-    ev, _ = evaluate(m, ds)
+    ev, _ = m.evaluate(ds)
     assert "coarse" not in ev["classification"] and set(ev["classification"]["systems"]["hybrid"]) == {"fine"}
     assert ev["classification"]["fine"]["accuracy"] > 0.5
     pred = m.predict([tmp_path / "data" / "ear wax" / "0.png"])[0]
@@ -240,7 +244,7 @@ def test_flat_user_taxonomy_from_class_folders(tmp_path):
 
 
 def test_side_free_finding_returns_both_sides_in_the_top_two(tiny_model_dir):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
     from entrep.retrieval.search import search_text
 
     res = search_text(load_model(tiny_model_dir), "a spur on the septum", k=2)
@@ -248,3 +252,47 @@ def test_side_free_finding_returns_both_sides_in_the_top_two(tiny_model_dir):
     assert len(labels) == 2
     if labels[0] in ("nose-left", "nose-right"):
         assert set(labels) == {"nose-left", "nose-right"}
+
+
+# ---- the public API and the model format -------------------------------------------
+
+
+def test_public_api_session_load_predict_search(tiny_model_dir, tiny_data_dir, tmp_path):
+    import entrep
+
+    m = entrep.load(tiny_model_dir, cache=tmp_path / "cache")
+    assert isinstance(m, entrep.EntrepModel)
+    img = sorted((tiny_data_dir / "imgs").glob("*.png"))[0]
+    assert m.predict([img])[0]["label"] in ENT.classes
+    assert (tmp_path / "cache").is_dir()  # the cache root passed in is the one used, no environment needed
+    hits = m.search_text("left ear", k=3)["results"]
+    assert len(hits) == 3
+    assert m.search_image(img, k=2)["results"]
+
+
+def test_models_of_format_version_1_fail_with_one_line_saying_to_refit(tiny_model_dir, tmp_path):
+    from entrep.errors import ModelError
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    meta = json.loads((old / "model.json").read_text())
+    (old / "model.json").write_text(json.dumps({"format": "entrep-model", "version": 1, "components": meta["state"]["parts"]}))
+    with pytest.raises(ModelError, match="version 1 .*refit") as e:
+        load_model(old)
+    assert "\n" not in str(e.value)
+    (old / "model.json").write_text(json.dumps({"format": "entrep-model", "version": 2, "state": {"parts": 3}}))
+    with pytest.raises(ModelError, match="refit"):
+        load_model(old)
+
+
+def test_config_taxonomy_key_is_read(tmp_path):
+    from entrep.model import fit_model
+
+    (tmp_path / "tax.yaml").write_text("name: two\nclasses: [alpha, beta]\n")
+    (tmp_path / "cfg.yaml").write_text(f"taxonomy: {tmp_path / 'tax.yaml'}\nn_aug: 0\n")
+    (tmp_path / "m.jsonl").write_text('{"image": "x.png", "label": "gamma"}\n')
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    from entrep.errors import EntrepError
+
+    with pytest.raises(EntrepError, match="gamma"):  # the label is checked against the config's taxonomy
+        fit_model(tmp_path / "m.jsonl", config=tmp_path / "cfg.yaml")

@@ -10,7 +10,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from entrep.classify.fusion import l2_normalize
-from entrep.classify.prototypes import PrototypeClassifier, group_prototypes
+from entrep.classify.prototypes import PrototypeClassifier
 from entrep.errors import EntrepError, ModelError
 from entrep.taxonomy import ENT
 from helpers import roundtrip_state
@@ -115,38 +115,9 @@ def test_use_before_fit_is_a_clear_not_fitted_error():
         PrototypeClassifier().get_state()
 
 
-def test_tuned_temperature_is_calibrated_for_overlap_and_sharp_for_separation():
-    Zs, ys, _ = _clusters(spread=0.2, seed=5)
-    Zo, yo, _ = _clusters(spread=4.0, seed=5)
-    sharp = PrototypeClassifier().fit(Zs, ys, tune_temperature=True).temperature_
-    soft = PrototypeClassifier().fit(Zo, yo, tune_temperature=True)
-    assert sharp < soft.temperature_
-    assert soft.temperature == 0.01  # the constructor parameter is left alone
-    # on fresh data from the overlapping clusters the tuned model has a lower NLL than the default
-    Xt, yt, _ = _clusters(spread=4.0, seed=5, n_per=200)
-    default = PrototypeClassifier().fit(Zo, yo)
-    nll = lambda m: -np.mean(np.log(m.predict_proba(Xt)[np.arange(len(yt)), yt] + 1e-300))  # noqa: E731
-    assert nll(soft) < nll(default)
-
-
-def test_temperature_tuning_leaves_out_whole_groups_of_views():
-    # every source image appears as 6 near-identical views; scoring a view against prototypes that
-    # still hold its siblings would look far more certain than a new image is
-    r = np.random.default_rng(6)
-    src, ysrc, _ = _clusters(n_per=8, spread=2.5, seed=6)
-    Z = np.repeat(src, 6, axis=0) + 0.01 * r.normal(size=(len(src) * 6, src.shape[1])).astype(np.float32)
-    y = np.repeat(ysrc, 6)
-    groups = np.repeat(np.arange(len(src)), 6)
-    t_rows = PrototypeClassifier().fit(Z, y, tune_temperature=True).temperature_
-    t_groups = PrototypeClassifier().fit(Z, y, tune_temperature=True, sample_groups=groups).temperature_
-    t_sources = PrototypeClassifier().fit(src, ysrc, tune_temperature=True).temperature_
-    assert t_groups > t_rows
-    assert t_groups == pytest.approx(t_sources, rel=0.5)
-
-
 def test_state_round_trips_exactly_through_npz_and_json(tmp_path):
     Z, y, _ = _clusters(seed=7)
-    model = PrototypeClassifier().fit(Z, y, classes=[0, 1, 2, 3, 4], allow_empty=True, tune_temperature=True)
+    model = PrototypeClassifier().fit(Z, y, classes=[0, 1, 2, 3, 4], allow_empty=True)
     back = PrototypeClassifier.from_state(roundtrip_state(model.get_state(), tmp_path))
     assert back.get_params() == model.get_params()
     assert back.temperature_ == model.temperature_
@@ -165,13 +136,13 @@ def test_fitted_model_copies_and_pickles_after_use():
     np.testing.assert_array_equal(clone.predict_proba(Z), before)
 
 
-def test_group_prototypes_fit_coarse_groups_from_fine_labels():
+def test_coarse_prototypes_are_the_same_estimator_on_group_ids():
     gid = ENT.group_ids()
     r = np.random.default_rng(10)
     group_centres = r.normal(size=(gid.max() + 1, 16))
     y = np.repeat(np.arange(ENT.n_classes), 12)
     Z = (group_centres[gid[y]] + 0.3 * r.normal(size=(len(y), 16))).astype(np.float32)
-    coarse = group_prototypes(Z, y, gid)
+    coarse = PrototypeClassifier().fit(Z, gid[y], classes=list(range(gid.max() + 1)))
     np.testing.assert_array_equal(coarse.classes_, np.arange(gid.max() + 1))
     for g in coarse.classes_:
         expected = l2_normalize(l2_normalize(Z[gid[y] == g].astype(np.float64)).mean(axis=0))

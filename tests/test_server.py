@@ -29,7 +29,7 @@ BASE = "http://127.0.0.1"
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from entrep.bundle import load_model
+    from entrep.model import load_model
 
     return load_model(tiny_model_dir)
 

@@ -24,12 +24,17 @@ def load(path, *, cache=None, device=None):
     return load_model(path, cache=cache, device=device)
 
 
-def fit(data, *, out=None, val=None, config=None, profile=None, cache=None, device=None, progress=False):
-    """Train a model on ``data`` (a DATA path or a Dataset); saves it to ``out`` when given."""
+def fit(data, *, out=None, val=None, config=None, profile=None, cache=None, device=None, progress=False,
+        resume=False, stage=None):
+    """Train a model on ``data`` (a DATA path or a Dataset); saves it to ``out`` when given.
+
+    ``config`` is a :class:`entrep.config.FitConfig` or a YAML/JSON file; ``stage`` an optional
+    callable receiving one line per training stage (progress reporting).
+    """
     from entrep.model import fit_model
 
     return fit_model(data, out=out, val=val, config=config, profile=profile, cache=cache, device=device,
-                     progress=progress)
+                     progress=progress, resume=resume, stage=stage)
 
 
 def __getattr__(name: str):

@@ -10,6 +10,10 @@ Example::
     head: {lr: 0.001, max_epochs: 100, patience: 10, batch_size: 64}
     align: {dim: 256}
     retrieval: {space: concat, filter: fine}
+    finetune: {method: none}  # or lora / partial (see docs/finetune.md)
+
+Every value is checked for type and range when the file is read, so a bad value
+fails before any image is touched (``batch_size: 0``, ``lr: -1``).
 """
 
 from __future__ import annotations
@@ -21,8 +25,25 @@ from typing import Any, Mapping
 
 from entrep.errors import UserError
 
-I2I_SPACES = ("joint", "head", "concat")
+I2I_SPACES = ("joint", "head", "concat", "metric")
 I2I_FILTERS = ("fine", "coarse", "none")
+FINETUNE_METHODS = ("none", "lora", "partial")
+
+
+def _check(cls_name: str, checks: dict[str, tuple[Any, str]]) -> None:
+    """Raise one UserError naming every value outside its range."""
+    bad = [f"{cls_name}.{k} = {v!r} ({why})" for k, (v, why) in checks.items() if why]
+    if bad:
+        raise UserError("invalid config: " + "; ".join(bad))
+
+
+def _pos(v: Any, *, integer: bool = False, zero: bool = False) -> str:
+    kind = int if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, kind):
+        return "must be an integer" if integer else "must be a number"
+    if v < 0 or (v == 0 and not zero):
+        return "must be >= 0" if zero else "must be > 0"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,19 @@ class HeadConfig:
     batch_size: int = 64
     dropout: float = 0.3
 
+    def __post_init__(self) -> None:
+        _check("head", {"lr": (self.lr, _pos(self.lr)), "weight_decay": (self.weight_decay, _pos(self.weight_decay, zero=True)),
+                        "max_epochs": (self.max_epochs, _pos(self.max_epochs, integer=True)),
+                        "patience": (self.patience, _pos(self.patience, integer=True)),
+                        "batch_size": (self.batch_size, _pos(self.batch_size, integer=True)),
+                        "dropout": (self.dropout, _unit(self.dropout))})
+
+
+def _unit(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "must be a number"
+    return "" if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
 
 @dataclass(frozen=True)
 class AlignConfig:
@@ -42,11 +76,58 @@ class AlignConfig:
     lr: float = 1e-3
     temperature: float = 0.07
 
+    def __post_init__(self) -> None:
+        _check("align", {"dim": (self.dim, _pos(self.dim, integer=True)), "epochs": (self.epochs, _pos(self.epochs, integer=True)),
+                         "lr": (self.lr, _pos(self.lr)), "temperature": (self.temperature, _pos(self.temperature))})
+
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    space: str = "concat"  # joint | head | concat
+    space: str = "concat"  # joint | head | concat | metric (needs the metric head: fine-tuning on)
     filter: str = "fine"  # fine | coarse | none
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Backbone adaptation (docs/finetune.md). ``method: none`` keeps the encoders frozen (the CPU default)."""
+
+    method: str = "none"  # none | lora | partial
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
+    layers: int = 2  # partial: the last N blocks are trained
+    epochs: int = 5
+    lr: float = 1e-4
+    batch_size: int = 32
+    input_size: int = 224
+    mixup: float = 0.2
+    seed: int = 0
+    patience: int = 2
+    cls_layers: int = 4
+    contrastive_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, list):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        _check("finetune", {
+            "method": (self.method, "" if self.method in FINETUNE_METHODS else f"must be one of {FINETUNE_METHODS}"),
+            "rank": (self.rank, _pos(self.rank, integer=True)), "alpha": (self.alpha, _pos(self.alpha)),
+            "dropout": (self.dropout, _unit(self.dropout)),
+            "targets": (self.targets, "" if self.targets and all(isinstance(t, str) for t in self.targets)
+                        else "must be a non-empty list of module names"),
+            "layers": (self.layers, _pos(self.layers, integer=True)), "epochs": (self.epochs, _pos(self.epochs, integer=True)),
+            "lr": (self.lr, _pos(self.lr)), "batch_size": (self.batch_size, _pos(self.batch_size, integer=True)),
+            "input_size": (self.input_size, _pos(self.input_size, integer=True) or ("" if self.input_size >= 32 else "must be >= 32")),
+            "mixup": (self.mixup, _unit(self.mixup)), "seed": (self.seed, _pos(self.seed, integer=True, zero=True)),
+            "patience": (self.patience, _pos(self.patience, integer=True)),
+            "cls_layers": (self.cls_layers, _pos(self.cls_layers, integer=True)),
+            "contrastive_weight": (self.contrastive_weight, _pos(self.contrastive_weight, zero=True)),
+        })
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
 
 
 @dataclass(frozen=True)
@@ -62,14 +143,21 @@ class FitConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise UserError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.n_aug < 0:
-            raise UserError(f"n_aug must be >= 0, got {self.n_aug}")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise UserError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        _check("config", {
+            "profile": (self.profile, "" if isinstance(self.profile, str) and self.profile else "must be a name or a file"),
+            "taxonomy": (self.taxonomy, "" if isinstance(self.taxonomy, str) and self.taxonomy else "must be a name or a file"),
+            "seed": (self.seed, _pos(self.seed, integer=True, zero=True)),
+            "n_aug": (self.n_aug, _pos(self.n_aug, integer=True, zero=True)),
+            "flip_views": (self.flip_views, "" if isinstance(self.flip_views, bool) else "must be true or false"),
+            "threshold": (self.threshold, "" if num(self.threshold) and 0.0 <= self.threshold <= 1.0 else "must be in [0, 1]"),
+            "val_fraction": (self.val_fraction,
+                             "" if num(self.val_fraction) and 0.0 < self.val_fraction < 0.5 else "must be in (0, 0.5)"),
+            "batch_size": (self.batch_size, _pos(self.batch_size, integer=True)),
+        })
         if self.retrieval.space not in I2I_SPACES:
             raise UserError(f"retrieval.space must be one of {I2I_SPACES}, got {self.retrieval.space!r}")
         if self.retrieval.filter not in I2I_FILTERS:
@@ -80,7 +168,7 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "config") -> "FitConfig":
-        nested = {"head": HeadConfig, "align": AlignConfig, "retrieval": RetrievalConfig}
+        nested = {"head": HeadConfig, "align": AlignConfig, "retrieval": RetrievalConfig, "finetune": FinetuneConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -94,16 +182,35 @@ class FitConfig:
                 bad = set(v) - sub_known
                 if bad:
                     raise UserError(f"{source}: unknown keys {sorted(bad)} in '{k}'; known: {sorted(sub_known)}")
-                kwargs[k] = nested[k](**v)
+                kwargs[k] = _build(nested[k], v, source)
             else:
                 kwargs[k] = v
-        try:
-            return cls(**kwargs)
-        except TypeError as e:
-            raise UserError(f"{source}: {e}") from None
+        return _build(cls, kwargs, source)
 
     def replace(self, **changes: Any) -> "FitConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _coerce(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-3`` as a string: turn numeric strings of float fields into floats."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for k, v in values.items():
+        if types.get(k) == "float" and isinstance(v, str):
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass  # left as is: the range check names it
+    return out
+
+
+def _build(cls, values: Mapping[str, Any], source: str):
+    try:
+        return cls(**_coerce(cls, values))
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    except TypeError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 def load_config(path: str | Path | None) -> FitConfig:

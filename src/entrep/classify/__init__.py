@@ -7,8 +7,10 @@
   projections putting image and text features into one space (offline profile).
 - :mod:`~entrep.classify.heads`: the paper's :class:`MLPHead` and its trainer
   :class:`HeadClassifier`.
-- :mod:`~entrep.classify.hybrid`: :class:`HybridClassifier` (prototypes first,
-  heads where confidence is low).
+- :mod:`~entrep.classify.hybrid`: the paper's confidence-gated rule and flip TTA,
+  as pure functions over probabilities.
+- :mod:`~entrep.classify.policy`: :class:`InferencePolicy` (which part decides,
+  thresholds, test-time options) and :func:`select_policy` on validation.
 
 Names are imported lazily so ``import entrep.classify.fusion`` does not pull in torch.
 """
@@ -23,12 +25,12 @@ _EXPORTS = {
     "fuse": "fusion",
     "slerp": "fusion",
     "PrototypeClassifier": "prototypes",
-    "group_prototypes": "prototypes",
     "class_prototypes": "prototypes",
     "JointAlignment": "align",
     "MLPHead": "heads",
     "HeadClassifier": "heads",
-    "HybridClassifier": "hybrid",
+    "InferencePolicy": "policy",
+    "select_policy": "policy",
     "FeatureError": "_common",
     "NotFittedModelError": "_common",
 }

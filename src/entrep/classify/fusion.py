@@ -64,7 +64,7 @@ def fuse(v: object, u: object) -> np.ndarray:
     dominates. ``z`` is not re-normalised.
     """
     vn, un = _pair(v, u)
-    s = np.clip(np.sum(vn * un, axis=-1, keepdims=True), -1.0, 1.0)
+    s = alignment_weight(vn, un)[..., None]
     return s * vn + (1.0 - s) * un
 
 

@@ -2,7 +2,7 @@
 
 One unit-norm prototype per class: the mean of the class's L2-normalised
 members, normalised again. A query is scored by cosine against every prototype
-(searched with a FAISS inner-product index), and
+(one matrix product: a handful of prototypes needs no index), and
 
     p(c | x) = softmax_c( cos(x, prototype_c) / temperature )
 
@@ -10,8 +10,7 @@ is the *confidence* the hybrid classifier compares with its threshold (0.99 in
 the paper). With two close classes, p >= 0.99 needs a cosine margin of
 ``temperature * ln(99)``: about 0.046 at the default temperature 0.01.
 
-Coarse (group) prototypes are the same estimator fitted on group ids; see
-:func:`group_prototypes`.
+Coarse (group) prototypes are the same estimator fitted on group ids.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from entrep.classify._common import (
     FeatureError,
     check_features,
-    check_groups,
     check_kind,
     check_labels,
     require_fitted,
@@ -35,10 +33,8 @@ from entrep.classify.fusion import l2_normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrototypeClassifier", "class_prototypes", "group_prototypes", "TEMPERATURE_GRID"]
+__all__ = ["PrototypeClassifier", "class_prototypes"]
 
-#: Temperatures tried by ``fit(..., tune_temperature=True)`` (log grid, 1e-3 .. 1).
-TEMPERATURE_GRID = np.logspace(-3, 0, 61)
 _METRICS = ("cosine",)
 
 
@@ -76,8 +72,7 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
 
     Fitted attributes: ``classes_`` (int64 class ids, column order of every
     output), ``prototypes_`` ((C, D) float32, unit rows; zero rows for empty
-    classes), ``counts_`` (members per class), ``temperature_`` (the one in
-    use: ``temperature`` or the tuned value), ``n_features_in_``.
+    classes), ``counts_`` (members per class), ``temperature_`` (the temperature in use), ``n_features_in_``.
     """
 
     def __init__(self, metric: str = "cosine", temperature: float = 0.01):
@@ -92,20 +87,13 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
         classes: Sequence[int] | None = None,
         *,
         allow_empty: bool = False,
-        tune_temperature: bool = False,
-        sample_groups: np.ndarray | None = None,
     ) -> "PrototypeClassifier":
         """Build one prototype per class from fused embeddings ``Z`` (N, D) and ids ``y``.
 
         ``classes`` fixes the class ids and their column order (default: the
         sorted ids in ``y``). A listed class with no rows is an error unless
         ``allow_empty=True``, in which case it gets score ``-inf`` and
-        probability 0. ``tune_temperature=True`` picks the temperature with the
-        lowest negative log-likelihood over :data:`TEMPERATURE_GRID`, scoring
-        every row against prototypes built without its own group
-        (``sample_groups``, e.g. the source-image id of augmented views;
-        default: each row alone), so the choice is not fooled by a row voting
-        for itself.
+        probability 0.
         """
         if self.metric not in _METRICS:
             raise FeatureError(f"PrototypeClassifier: unknown metric {self.metric!r}; valid: {', '.join(_METRICS)}")
@@ -134,10 +122,6 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
         self.counts_ = counts.astype(np.int64)
         self.n_features_in_ = int(Z.shape[1])
         self.temperature_ = float(self.temperature)
-        self._index = None
-        if tune_temperature:
-            groups = None if sample_groups is None else check_groups(sample_groups, Z.shape[0])
-            self.temperature_ = self._tune_temperature(Z, y, groups)
         return self
 
     @staticmethod
@@ -145,51 +129,7 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
         if not (isinstance(t, (int, float, np.floating)) and np.isfinite(t) and t > 0):
             raise FeatureError(f"PrototypeClassifier: temperature must be a positive number, got {t!r}")
 
-    def _tune_temperature(self, Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> float:
-        """Temperature minimising leave-one-group-out NLL on the training rows."""
-        Zn = l2_normalize(Z.astype(np.float64))
-        col = np.searchsorted(self.classes_, y)
-        C, D = len(self.classes_), Zn.shape[1]
-        sums = np.zeros((C, D))
-        np.add.at(sums, col, Zn)
-        counts = np.bincount(col, minlength=C)
-        # sum and count of each (group, class) block, removed from its class's sum
-        g = np.arange(len(y)) if groups is None else np.unique(groups, return_inverse=True)[1]
-        block, block_of_row = np.unique(np.stack([g, col], axis=1), axis=0, return_inverse=True)
-        block_of_row = block_of_row.ravel()
-        bsum = np.zeros((len(block), D))
-        np.add.at(bsum, block_of_row, Zn)
-        bcount = np.bincount(block_of_row, minlength=len(block))
-        own_sum = sums[col] - bsum[block_of_row]
-        own_count = counts[col] - bcount[block_of_row]
-        usable = own_count > 0
-        if not usable.any():
-            log.warning("temperature tuning needs classes with >1 source group; keeping %.4g", self.temperature_)
-            return self.temperature_
-        sims = Zn @ l2_normalize(sums / np.maximum(counts, 1)[:, None]).T
-        sims[:, counts == 0] = -np.inf
-        own = np.sum(Zn * l2_normalize(own_sum), axis=1)
-        sims[np.arange(len(y)), col] = own
-        sims, col = sims[usable], col[usable]
-        best_t, best_nll = self.temperature_, np.inf
-        for t in TEMPERATURE_GRID:
-            nll = -np.mean(_log_softmax(sims / t)[np.arange(len(col)), col])
-            if nll < best_nll:
-                best_t, best_nll = float(t), nll
-        log.info("prototype temperature tuned to %.4g (leave-one-group-out NLL %.4f)", best_t, best_nll)
-        return best_t
-
     # ---- inference -------------------------------------------------------
-    def _faiss_index(self):
-        import faiss
-
-        if getattr(self, "_index", None) is None:
-            present = np.flatnonzero(self.counts_ > 0)
-            index = faiss.IndexFlatIP(self.n_features_in_)
-            index.add(np.ascontiguousarray(self.prototypes_[present], dtype=np.float32))
-            self._index = (index, present)
-        return self._index
-
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Cosine similarity of each row to every prototype, ``(N, C)`` float32.
 
@@ -197,10 +137,8 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
         """
         require_fitted(self, "prototypes_")
         Xn = l2_normalize(check_features(X, "X", dim=self.n_features_in_))
-        index, present = self._faiss_index()
-        sims, ids = index.search(np.ascontiguousarray(Xn, dtype=np.float32), len(present))
-        out = np.full((Xn.shape[0], len(self.classes_)), -np.inf, dtype=np.float32)
-        np.put_along_axis(out, present[ids], sims, axis=1)
+        out = (Xn.astype(np.float32, copy=False) @ self.prototypes_.T).astype(np.float32, copy=False)
+        out[:, self.counts_ == 0] = -np.inf
         return out
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -218,11 +156,6 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
     def confidence(self, X: np.ndarray) -> np.ndarray:
         """Largest class probability per row: what the hybrid's threshold is compared with."""
         return self.predict_proba(X).max(axis=1)
-
-    def __getstate__(self) -> dict:  # pickling/copying: the FAISS index is rebuilt on demand
-        state = dict(super().__getstate__())
-        state["_index"] = None
-        return state
 
     # ---- saving ----------------------------------------------------------
     def get_state(self) -> dict:
@@ -250,24 +183,5 @@ class PrototypeClassifier(ClassifierMixin, BaseEstimator):
         if model.prototypes_.ndim != 2 or not (len(model.classes_) == len(model.counts_) == model.prototypes_.shape[0]):
             raise FeatureError(f"{what}: saved classes, counts and prototypes disagree in length")
         model.n_features_in_ = int(model.prototypes_.shape[1])
-        model._index = None
         return model
 
-
-def group_prototypes(
-    Z: np.ndarray, y: np.ndarray, group_ids: np.ndarray, **fit_kwargs
-) -> PrototypeClassifier:
-    """Fit a coarse prototype classifier: fine ids ``y`` mapped through ``group_ids``.
-
-    ``group_ids[fine_id]`` is the group id (``taxonomy.group_ids()``). The
-    result's ``classes_`` are all group ids ``0..max``, so groups without rows
-    need ``allow_empty=True`` like any other class. Other keyword arguments go
-    to :meth:`PrototypeClassifier.fit` (``temperature`` goes to the constructor).
-    """
-    gmap = np.asarray(group_ids, dtype=np.int64)
-    y = check_labels(y, np.asarray(y).shape[0])
-    if y.size and (y.min() < 0 or y.max() >= gmap.size):
-        raise FeatureError(f"y: fine class ids must lie in 0..{gmap.size - 1} to map through group_ids")
-    temperature = fit_kwargs.pop("temperature", 0.01)
-    classes = fit_kwargs.pop("classes", np.arange(int(gmap.max()) + 1))
-    return PrototypeClassifier(temperature=temperature).fit(Z, gmap[y], classes, **fit_kwargs)

@@ -226,7 +226,7 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
     ``warmup``: run one inference at start-up so the first request is not slow.
     """
     if isinstance(model, (str, Path)):
-        from entrep.bundle import load_model
+        from entrep.model import load_model
 
         model = load_model(model)
     if max_upload_bytes < 1:

@@ -1,19 +1,19 @@
-"""`entrep fit`, `evaluate`, `predict` and `demo`."""
+"""`entrep fit`, `evaluate`, `predict` and `demo`: parse, one library call, print."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from entrep.cli.app import app, console, emit_json
-from entrep.errors import UserError
 
 
-def _taxonomy(path: Optional[Path]):
+def _taxonomy(path: Optional[Path | str]):
     if path is None:
         return None
     from entrep.taxonomy import load_taxonomy
@@ -28,7 +28,7 @@ def _read(path: Path, taxonomy, skip_bad: bool = False):
 
 
 class _Stages:
-    """Prints each pipeline stage with its elapsed time (a progress display for long work)."""
+    """Prints each stage with its elapsed time (a progress display for long work)."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.t0 = time.perf_counter()
@@ -36,59 +36,54 @@ class _Stages:
 
     def __call__(self, msg: str) -> None:
         if not self.quiet:
-            console.print(f"[dim]{time.perf_counter() - self.t0:7.1f}s[/dim]  {msg}", highlight=False)
-
-
-def _fit_and_save(data, val, out: Path, config, stages, progress=True):
-    from entrep.bundle import save_model
-    from entrep.pipeline import fit
-
-    model = fit(data, val=val, config=config, progress=progress, stage=stages)
-    save_model(model, out)
-    return model
+            console.print(f"[dim]{time.perf_counter() - self.t0:7.1f}s[/dim]  {escape(msg)}", highlight=False)
 
 
 @app.command("fit")
 def fit_cmd(
     data: Path = typer.Option(..., "--data", help="Training data: ENTRep folder, data.json, class folders or JSONL manifest."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (atomically)."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Validation data for early stopping and threshold tuning (default: a 10% stratified hold-out of --data)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation data for early stopping and the inference policy (default: a 10% stratified hold-out of --data)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Encoder profile: offline (default, no download), paper, or a profile file."),
     config: Optional[Path] = typer.Option(None, "--config", help="Training config YAML/JSON (see docs/classification.md)."),
-    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Taxonomy YAML/JSON (default: ENT, or inferred from class folders)."),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Taxonomy YAML/JSON (default: the config's taxonomy key, ENT, or inferred from class folders)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images with a warning instead of stopping."),
+    finetune: Optional[str] = typer.Option(None, "--finetune", help="Adapt the image backbone: none (default), lora or partial (see docs/finetune.md)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tuning run from its last checkpoint."),
 ) -> None:
-    """Train prototypes, heads and the hybrid on DATA and save the model folder."""
+    """Train prototypes, heads and the inference policy on DATA and save the model folder."""
     from entrep.config import load_config
+    from entrep.model import fit_model
 
     cfg = load_config(config)
     if profile:
         cfg = cfg.replace(profile=profile)
-    tax = _taxonomy(taxonomy)
+    if finetune:
+        from entrep.config import FinetuneConfig
+
+        cfg = cfg.replace(finetune=FinetuneConfig(**{**dataclasses.asdict(cfg.finetune), "method": finetune}))
+    tax = _taxonomy(taxonomy) if taxonomy else (None if cfg.taxonomy == "ent" else _taxonomy(cfg.taxonomy))
     stages = _Stages()
     ds = _read(data, tax, skip_bad)
     vds = _read(val, ds.taxonomy, skip_bad) if val else None
     stages(f"read {len(ds)} training images" + (f" and {len(vds)} validation images" if vds else ""))
-    model = _fit_and_save(ds, vds, out, cfg, stages)
-    tr = model.training
+    model = fit_model(ds, out=out, val=vds, config=cfg, progress=True, stage=stages, resume=resume)
+    sel = model.training.get("policy_selection", {})
+    acc = sel.get("validation_accuracy", {}).get(model.policy.name, float("nan"))
     console.print(
-        f"[green]saved[/green] model to {out}  (validation accuracy {tr['val_accuracy']['threshold_default']:.3f} "
-        f"at threshold {model.threshold}, {tr['val_accuracy']['threshold_tuned']:.3f} at tuned "
-        f"{model.tuned_threshold:.4f}; using {'tuned' if model.use_tuned else 'default'}; {tr['seconds']} s)",
+        f"[green]saved[/green] model to {escape(str(out))}  (inference policy {model.policy.name}: validation "
+        f"accuracy {acc:.3f}, best of {len(sel.get('candidates', []))} candidates; {model.training['seconds']} s)",
         highlight=False,
     )
 
 
-def _evaluate(model_path: Path, data: Path, report: Optional[Path], json_out: Optional[Path], skip_bad=False,
-              stages=None):
-    from entrep.bundle import load_model
+def _evaluate(model_path: Path, data: Path, report: Optional[Path], json_out: Optional[Path], skip_bad=False):
     from entrep.io import write_json_atomic
-    from entrep.pipeline import evaluate
+    from entrep.model import load_model
 
-    stages = stages or _Stages()
     model = load_model(model_path)
     ds = _read(data, model.taxonomy, skip_bad)
-    evaluation, artefacts = evaluate(model, ds, stage=stages)
+    evaluation, artefacts = model.evaluate(ds, stage=_Stages())
     if json_out:
         write_json_atomic(json_out, evaluation)
     if report:
@@ -108,6 +103,9 @@ def _print_summary(ev: dict) -> None:
         for level, s in levels.items():
             t.add_row(sysname, level, f"{s['accuracy']:.4f}", f"{s['macro_f1']:.4f}", f"{s['weighted_f1']:.4f}")
     console.print(t)
+    pol = ev.get("policy") or {}
+    if pol.get("chosen"):
+        console.print(f"inference policy: {pol['chosen']} (chosen on validation)", highlight=False)
     r = ev.get("retrieval") or {}
     if r:
         rt = Table(title="retrieval (leave-one-out)")
@@ -129,11 +127,11 @@ def evaluate_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images with a warning."),
 ) -> None:
-    """Score every system (prototype, baseline head, hybrid) and retrieval on DATA."""
+    """Score every system (prototype, baseline head, hybrid, chosen policy) and retrieval on DATA."""
     ev = _evaluate(model, data, report, json_out, skip_bad)
     _print_summary(ev)
     if report:
-        console.print(f"report: {report / 'report.html'}")
+        console.print(f"report: {escape(str(report / 'report.html'))}")
 
 
 @app.command("predict")
@@ -143,13 +141,12 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
     """Classify images: label, group, confidence and which part decided."""
-    from entrep.bundle import load_model
     from entrep.data.images import load_rgb
+    from entrep.model import load_model
 
-    m = load_model(model)
     for p in images:  # fail early, with the file name, before any model work
         load_rgb(p)
-    preds = m.predict(list(images))
+    preds = load_model(model).predict(list(images))
     if as_json:
         emit_json([{k: v for k, v in p.items() if k != "probabilities"} for p in preds])
         return
@@ -159,7 +156,7 @@ def predict_cmd(
     for col in ("image", "label", "group", "confidence", "source"):
         t.add_column(col)
     for p in preds:
-        t.add_row(Path(p["image"]).name, p["label"], p["group"], f"{p['confidence']:.3f}", p["source"])
+        t.add_row(escape(Path(p["image"]).name), p["label"], p["group"], f"{p['confidence']:.3f}", p["source"])
     console.print(t)
 
 
@@ -170,43 +167,15 @@ def demo_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Synthetic data -> audit -> split -> fit -> evaluate -> report, on the offline default profile."""
-    from entrep.data.audit import audit_datasets
-    from entrep.data.readers import read_dataset
-    from entrep.data.split import split_dataset, write_splits
-    from entrep.data.synthetic import generate
+    from entrep.workflows import run_demo
 
-    if n < 70:
-        raise UserError(f"--n {n} is too small for a demo; use at least 70 images")
-    stages = _Stages()
-    data_dir, split_dir, model_dir, report_dir = out / "data", out / "splits", out / "model", out / "report"
-    if data_dir.exists():
-        stages(f"1/6 synthetic data: reusing {data_dir}")
-    else:
-        stages(f"1/6 synthetic data: generating {n} ENT endoscopy images in ENTRep layout")
-        generate(data_dir, n=n, seed=seed, progress=True)
-    ds = read_dataset(data_dir)
-    stages("2/6 audit: unreadable files, duplicates, class conflicts")
-    rep = audit_datasets({"data": ds})
-    console.print(rep.summary(), highlight=False)
-    stages("3/6 split: stratified 80/10/10, duplicates kept together")
-    splits = split_dataset(ds, seed=seed)
-    write_splits(splits, split_dir)
-    stages(f"    train {len(splits['train'])} / val {len(splits['val'])} / test {len(splits['test'])} -> {split_dir}")
-    stages("4/6 fit: features, alignment, prototypes, heads, hybrid, gallery")
-    from entrep.config import FitConfig
-
-    model = _fit_and_save(splits["train"], splits["val"], model_dir, FitConfig(seed=seed), stages)
-    stages("5/6 evaluate on the held-out test split")
-    ev = _evaluate(model_dir, split_dir / "test.jsonl", report_dir, report_dir / "evaluation.json", stages=stages)
-    # keep a copy of the report with the model so `serve` can link it
-    from entrep.bundle import attach_report
-
-    attach_report(model_dir, report_dir)
-    stages("6/6 done")
-    _print_summary(ev)
-    console.print(f"report:  {report_dir / 'report.html'}")
-    console.print(f"model:   {model_dir}")
-    console.print(f"serve it: [bold]{_entrep_command()} serve --model {model_dir}[/bold]", highlight=False)
+    res = run_demo(out, n=n, seed=seed, progress=True, stage=_Stages())
+    console.print(res.audit_summary, highlight=False, markup=False)
+    _print_summary(res.evaluation)
+    console.print(f"report:  {escape(str(res.report_dir / 'report.html'))}")
+    console.print(f"model:   {escape(str(res.model_dir))}")
+    console.print(f"serve it: [bold]{escape(_entrep_command())} serve --model {escape(str(res.model_dir))}[/bold]",
+                  highlight=False)
 
 
 def _entrep_command() -> str:

@@ -1,0 +1,303 @@
+"""A fitted entrep model: its learned parts, its inference policy, its gallery; inference over images.
+
+The model works on feature arrays; its :class:`~entrep.features.Extractor`
+(built from the model's profile, lazily) turns images into those arrays.
+Training is in :mod:`entrep.model.train`, scoring in :mod:`entrep.model.evaluate`,
+files in :mod:`entrep.model.bundle`. A new learned part is one field of
+:class:`ModelParts` and one entry of ``PART_TYPES``: saving and loading follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from entrep.classify.fusion import l2_normalize
+from entrep.classify.hybrid import HybridDecision
+from entrep.classify.policy import InferencePolicy, PartOutputs, Structure, SystemOutputs, apply_policy
+from entrep.config import FitConfig
+from entrep.errors import ModelError
+from entrep.taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation to float32 (what FAISS and the heads take)."""
+    return l2_normalize(np.asarray(x, dtype=np.float32))
+
+
+@dataclass
+class ImageFeatures:
+    """Row-aligned features of a batch of images: joint-space input, head input, flipped head input."""
+
+    clip: np.ndarray
+    head: np.ndarray
+    head_flip: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.head)
+
+
+def _part_types() -> dict[str, type]:
+    from entrep.classify.align import JointAlignment
+    from entrep.classify.heads import HeadClassifier
+    from entrep.classify.prototypes import PrototypeClassifier
+
+    types: dict[str, type] = {
+        "align": JointAlignment, "proto_fine": PrototypeClassifier, "proto_group": PrototypeClassifier,
+        "group_head": HeadClassifier, "within_heads": HeadClassifier, "baseline": HeadClassifier,
+    }
+    try:
+        from entrep.finetune import MetricHead
+
+        types["metric_head"] = MetricHead
+    except ImportError:  # the fine-tuning package is optional at import time
+        pass
+    return types
+
+
+@dataclass
+class ModelParts:
+    """Every learned component. Each has ``get_state()`` / ``from_state()``; ``None`` = not fitted."""
+
+    proto_fine: Any  # PrototypeClassifier over fine classes (joint space)
+    baseline: Any  # HeadClassifier over all fine classes
+    align: Any | None = None  # JointAlignment when the profile's towers are not joint
+    proto_group: Any | None = None  # PrototypeClassifier over groups (hierarchical)
+    group_head: Any | None = None  # HeadClassifier over groups (hierarchical)
+    within_heads: dict[int, Any] = field(default_factory=dict)  # group id -> HeadClassifier of its classes
+    metric_head: Any | None = None  # dual-backbone retrieval head (retrieval space "metric")
+
+    def get_state(self) -> dict:
+        state: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                state[f.name] = {str(k): c.get_state() for k, c in v.items()}
+            else:
+                state[f.name] = v.get_state() if v is not None else None
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict, *, source: str = "model") -> "ModelParts":
+        types = _part_types()
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(state) - known
+        if unknown:
+            raise ModelError(f"{source}: unknown model parts {sorted(unknown)}; this entrep knows {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for name, s in state.items():
+            if s is None:
+                kwargs[name] = None
+                continue
+            if name not in types:
+                raise ModelError(f"{source}: part {name!r} needs a module this installation lacks")
+            if name == "within_heads":
+                kwargs[name] = {int(g): types[name].from_state(v) for g, v in s.items()}
+            else:
+                kwargs[name] = types[name].from_state(s)
+        for required in ("proto_fine", "baseline"):
+            if kwargs.get(required) is None:
+                raise ModelError(f"{source}: the model lacks its {required} part; refit it")
+        return cls(**kwargs)
+
+
+@dataclass
+class EntrepModel:
+    taxonomy: Taxonomy
+    config: FitConfig
+    profile: Any
+    parts: ModelParts
+    policy: InferencePolicy = field(default_factory=InferencePolicy)
+    encoders: dict = field(default_factory=dict)  # fingerprints of the encoders at training time
+    training: dict = field(default_factory=dict)  # summary: sizes, validation scores, policy selection
+    adapters: dict = field(default_factory=dict)  # role -> adapted (fine-tuned) encoder
+    gallery: Any | None = None  # GalleryIndex in the retrieval space
+    path: Path | None = None
+    cache: str | Path | None = None  # feature cache root (None: $ENTREP_CACHE or the default)
+    device: str | None = None
+    _extractor: Any = field(default=None, repr=False)
+
+    # ---- structure ------------------------------------------------------
+    @property
+    def structure(self) -> Structure:
+        return Structure.from_taxonomy(self.taxonomy)
+
+    @property
+    def extractor(self):
+        """The feature extractor of the model's profile (and adapted encoders), built on first use."""
+        if self._extractor is None:
+            from entrep.features import Extractor
+
+            self._extractor = Extractor(self.profile, cache_root=self.cache, device=self.device,
+                                        batch_size=self.config.batch_size, overrides=self.adapters or None)
+        return self._extractor
+
+    # ---- features -------------------------------------------------------
+    def image_features(self, images: Sequence, *, flips: bool = True) -> ImageFeatures:
+        f = self.extractor
+        head = f.images("head", images, "orig")
+        clip = head if f.shares_encoder() else f.images("clip", images, "orig")
+        head_flip = f.images("head", images, "flip") if flips else None
+        return ImageFeatures(clip=clip, head=head, head_flip=head_flip)
+
+    def file_hashes(self, paths: Sequence) -> list[str]:
+        """sha256 of each file's bytes, remembered by the content-hash cache (no re-read of unchanged files)."""
+        return self.extractor.file_hashes(paths)
+
+    def joint_images(self, clip_feats: np.ndarray) -> np.ndarray:
+        a = self.parts.align
+        return l2n(a.transform_images(clip_feats) if a is not None else clip_feats)
+
+    def joint_texts(self, text_feats: np.ndarray) -> np.ndarray:
+        a = self.parts.align
+        return l2n(a.transform_texts(text_feats) if a is not None else text_feats)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.joint_texts(self.extractor.texts(list(texts)))
+
+    def head_embedding(self, head_feats: np.ndarray) -> np.ndarray:
+        """The baseline head's penultimate layer: a compact, class-discriminative space."""
+        return l2n(self.parts.baseline.embed(head_feats))
+
+    def retrieval_vectors(self, feats: ImageFeatures, space: str | None = None) -> np.ndarray:
+        space = space or self.config.retrieval.space
+        if space == "joint":
+            return self.joint_images(feats.clip)
+        if space == "head":
+            return self.head_embedding(feats.head)
+        if space == "concat":
+            return l2n(np.concatenate([self.joint_images(feats.clip), self.head_embedding(feats.head)], axis=1))
+        if space == "metric":
+            if self.parts.metric_head is None:
+                raise ModelError(f"{self.path or 'model'}: retrieval space 'metric' needs the metric head; "
+                                 "refit with fine-tuning on or set retrieval.space to concat")
+            return l2n(self.parts.metric_head.transform([feats.clip, feats.head]))
+        raise ModelError(f"unknown retrieval space {space!r}; use joint, head, concat or metric")
+
+    # ---- classification -------------------------------------------------
+    def part_outputs(self, feats: ImageFeatures) -> PartOutputs:
+        """Raw probabilities of every part (with flipped-image outputs where flips are given)."""
+        p = self.parts
+        flip = feats.head_flip
+        out = PartOutputs(
+            proto_fine=p.proto_fine.predict_proba(self.joint_images(feats.clip)),
+            baseline=p.baseline.predict_proba(feats.head),
+            baseline_flip=p.baseline.predict_proba(flip) if flip is not None else None,
+        )
+        if self.taxonomy.hierarchical:
+            out.proto_group = p.proto_group.predict_proba(self.joint_images(feats.clip))
+            out.head_group = p.group_head.predict_proba(feats.head)
+            out.head_group_flip = p.group_head.predict_proba(flip) if flip is not None else None
+            for g, head in p.within_heads.items():
+                out.within[g] = head.predict_proba(feats.head)
+                if flip is not None:
+                    out.within_flip[g] = head.predict_proba(flip)
+        return out
+
+    def predict_features(self, feats: ImageFeatures, policy: InferencePolicy | None = None
+                         ) -> tuple[HybridDecision, SystemOutputs]:
+        return apply_policy(policy or self.policy, self.part_outputs(feats), self.structure)
+
+    def predict(self, images: Sequence) -> list[dict]:
+        """Predictions for image paths or PIL images, in the `predict --json` schema (plus probabilities)."""
+        images = list(images)
+        dec, _ = self.predict_features(self.image_features(images))
+        t = self.taxonomy
+        results = []
+        for i, img in enumerate(images):
+            label = t.class_name(int(dec.fine[i]))
+            results.append({
+                "image": str(img) if isinstance(img, (str, Path)) else getattr(img, "filename", None) or f"image-{i}",
+                "label": label,
+                "label_id": int(dec.fine[i]),
+                "group": t.group_of(label),
+                "confidence": round(float(dec.confidence[i]), 6),
+                "source": "prototype" if bool(dec.from_prototype[i]) else "head",
+                "probabilities": {c: round(float(dec.fine_proba[i, j]), 6) for j, c in enumerate(t.classes)},
+            })
+        return results
+
+    # ---- search, evaluation, files: the public API of the other stages ------
+    def search_image(self, image, *, k: int = 10, filter: str | None = None, hide_names: bool = False) -> dict:
+        from entrep.retrieval.search import search_image
+
+        return search_image(self, image, k=k, filter=filter, hide_names=hide_names)
+
+    def search_text(self, text: str, *, k: int = 10, filter: str = "none", hide_names: bool = False) -> dict:
+        from entrep.retrieval.search import search_text
+
+        return search_text(self, text, k=k, filter=filter, hide_names=hide_names)
+
+    def evaluate(self, data, *, stage=None) -> tuple[dict, dict]:
+        from entrep.model.evaluate import evaluate
+
+        return evaluate(self, _dataset(data, self.taxonomy), **({"stage": stage} if stage else {}))
+
+    def index(self, gallery, *, rebuild: bool = False) -> dict:
+        """(Re)build the search index over ``gallery`` (a DATA path, a folder of images or a Dataset)."""
+        from entrep.retrieval.gallery import build_gallery, read_gallery
+
+        ds = read_gallery(gallery, self.taxonomy) if isinstance(gallery, (str, Path)) else gallery
+        if rebuild:
+            self.gallery = None
+        return build_gallery(self, ds)
+
+    def save(self, path: str | Path | None = None) -> Path:
+        from entrep.model.bundle import save_model
+
+        target = path or self.path
+        if target is None:
+            raise ModelError("model.save() needs a folder: this model was never saved")
+        return save_model(self, target)
+
+    # ---- state -----------------------------------------------------------------
+    def get_state(self) -> dict:
+        """Everything the bundle writes except the gallery and adapters (they have files of their own)."""
+        from entrep.encoders.profiles import Profile
+
+        return {
+            "taxonomy": self.taxonomy.to_dict(),
+            "config": self.config.to_dict(),
+            "profile": self.profile.to_dict() if isinstance(self.profile, Profile) else dict(self.profile),
+            "encoders": self.encoders,
+            "policy": self.policy.to_dict(),
+            "training": self.training,
+            "parts": self.parts.get_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, *, source: str = "model", **kwargs: Any) -> "EntrepModel":
+        from entrep.encoders.profiles import profile_from_dict
+
+        missing = {"taxonomy", "config", "profile", "policy", "parts"} - set(state)
+        if missing:
+            raise ModelError(f"{source}: model state lacks {sorted(missing)}; refit the model")
+        try:
+            policy = InferencePolicy.from_dict(state["policy"])
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"{source}: bad inference policy ({e}); refit the model") from None
+        return cls(
+            taxonomy=Taxonomy.from_dict(state["taxonomy"], source=source),
+            config=FitConfig.from_dict(state["config"], source=source),
+            profile=profile_from_dict(state["profile"]),
+            parts=ModelParts.from_state(state["parts"], source=source),
+            policy=policy,
+            encoders=state.get("encoders") or {},
+            training=state.get("training") or {},
+            **kwargs,
+        )
+
+
+def _dataset(data, taxonomy):
+    if isinstance(data, (str, Path)):
+        from entrep.data.readers import read_dataset
+
+        return read_dataset(data, taxonomy)
+    return data
