@@ -187,7 +187,6 @@ class JointAlignment(BaseEstimator):
         text_ids: Sequence,
         labels: Sequence[int],
         prompts: np.ndarray | None = None,
-        val: tuple | Mapping | None = None,
         sample_groups: Sequence | None = None,
     ) -> "JointAlignment":
         """Learn the projections from row-aligned pairs ``V_img[i]`` <-> ``U_txt[i]``.
@@ -195,8 +194,7 @@ class JointAlignment(BaseEstimator):
         ``text_ids`` groups identical texts (the text strings themselves work);
         ``labels`` are class ids. ``prompts`` ((C, D_txt), row c = class id c's
         fallback prompt features) feed the prompt-classification term; without
-        them the class centroids of ``U_txt`` stand in. ``val`` is
-        ``(V, U, text_ids, labels)`` for early stopping; without it a
+        them the class centroids of ``U_txt`` stand in. For early stopping a
         stratified ``val_fraction`` of the pairs is held out, keeping rows of
         one ``sample_groups`` id (one source image) on the same side.
         """
@@ -216,22 +214,14 @@ class JointAlignment(BaseEstimator):
         else:
             P, cls_target = None, np.searchsorted(classes, y)
 
-        if val is not None:
-            Vv, Uv, tv, yv = (val[k] for k in ("V", "U", "text_ids", "labels")) if isinstance(val, Mapping) else val
-            Vv = check_features(Vv, "val V", dim=V.shape[1])
-            Uv = check_features(Uv, "val U", dim=U.shape[1])
-            yv = check_labels(yv, Vv.shape[0], "val labels")
-            tv = np.unique(check_groups(tv, Vv.shape[0], "val text_ids"), return_inverse=True)[1].ravel()
-            train_idx = np.arange(V.shape[0])
+        groups = None if sample_groups is None else check_groups(sample_groups, V.shape[0])
+        split = group_holdout(y, groups, self.val_fraction, self.seed)
+        if split is None:
+            log.warning("alignment: too few pairs to hold any out; training %d epochs without early stopping", self.epochs)
+            train_idx, Vv = np.arange(V.shape[0]), None
         else:
-            groups = None if sample_groups is None else check_groups(sample_groups, V.shape[0])
-            split = group_holdout(y, groups, self.val_fraction, self.seed)
-            if split is None:
-                log.warning("alignment: too few pairs to hold any out; training %d epochs without early stopping", self.epochs)
-                train_idx, Vv = np.arange(V.shape[0]), None
-            else:
-                train_idx, val_idx = split
-                Vv, Uv, tv, yv = V[val_idx], U[val_idx], tid[val_idx], y[val_idx]
+            train_idx, val_idx = split
+            Vv, Uv, tv, yv = V[val_idx], U[val_idx], tid[val_idx], y[val_idx]
 
         if P is None:  # class text centroids of the training pairs stand in for prompts
             in_train = np.zeros(V.shape[0], dtype=bool)

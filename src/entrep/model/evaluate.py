@@ -26,7 +26,7 @@ def _noop(_: str) -> None:
 def _systems(model: EntrepModel, parts, y: list[str]) -> tuple[dict, dict, dict]:
     """Per-system summaries, confusions and decisions: each component alone, the best hybrid, the policy."""
     from entrep.classify.policy import InferencePolicy
-    from entrep.report.metrics import classification_summary
+    from entrep.report.metrics import classification_summary, fine_and_coarse_summary
 
     tax = model.taxonomy
     names, groups = list(tax.classes), list(tax.group_names)
@@ -45,16 +45,15 @@ def _systems(model: EntrepModel, parts, y: list[str]) -> tuple[dict, dict, dict]
     systems, confusions = {}, {}
     for name, dec in decisions.items():
         pred = [names[int(i)] for i in dec.fine]
-        systems[name] = {"fine": classification_summary(y, pred, names)}
+        # every decision's group is its fine class's group, except the prototypes', which have their own
+        systems[name] = fine_and_coarse_summary(y, pred, tax)
         confusions[f"{name}-fine"] = (y, pred, names)
-        if tax.hierarchical:
-            if name == "prototype":
-                g_pred = [groups[i] for i in parts.proto_group.argmax(1)]
-            else:
-                g_pred = [groups[int(i)] for i in dec.group]
+        if tax.hierarchical and name == "prototype":
+            g_pred = [groups[i] for i in parts.proto_group.argmax(1)]
             systems[name]["coarse"] = classification_summary(y_group, g_pred, groups)
-            if name != "baseline":
-                confusions[f"{name}-coarse"] = (y_group, g_pred, groups)
+        if tax.hierarchical and name != "baseline":
+            confusions[f"{name}-coarse"] = (y_group, g_pred if name == "prototype" else
+                                            [tax.group_of(p) for p in pred], groups)
     return systems, confusions, decisions
 
 
