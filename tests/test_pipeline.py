@@ -270,6 +270,18 @@ def test_public_api_session_load_predict_search(tiny_model_dir, tiny_data_dir, t
     assert m.search_image(img, k=2)["results"]
 
 
+def test_resaving_a_model_keeps_the_files_a_user_put_in_its_folder(tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "NOTES.txt").write_text("trained on the 2026 archive")
+    (model_dir / "extra").mkdir()
+    (model_dir / "extra" / "a.yaml").write_text("k: v")
+    load_model(model_dir).save()
+    assert (model_dir / "NOTES.txt").read_text() == "trained on the 2026 archive"
+    assert (model_dir / "extra" / "a.yaml").is_file()
+    assert load_model(model_dir).policy is not None
+
+
 def test_models_of_format_version_1_fail_with_one_line_saying_to_refit(tiny_model_dir, tmp_path):
     from entrep.errors import ModelError
 

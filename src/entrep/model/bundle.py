@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "entrep-model"
 VERSION = 2
+#: what entrep writes in a model folder; anything else there is the user's and is kept on re-save
+OWN_ENTRIES = frozenset({"model.json", "arrays.npz", "adapters", "gallery", "report"})
 
 
 def flatten_state(state: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -87,8 +89,24 @@ def save_model(model: EntrepModel, path: str | Path) -> Path:
             model.gallery.save(tmp / "gallery")
         if src_report is not None and src_report.is_dir():  # a re-saved model keeps its report
             shutil.copytree(src_report, tmp / "report")
+        _keep_foreign(path, tmp)
     model.path = path
     return path
+
+
+def _keep_foreign(old: Path, new: Path) -> None:
+    """Copy the files a user put in the old model folder (notes, configs) into the new one."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name in OWN_ENTRIES or entry.name.startswith("."):
+            continue
+        target = new / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True)
+        else:
+            shutil.copy2(entry, target, follow_symlinks=False)
+        log.info("kept %s from the previous model folder", entry.name)
 
 
 def _read_meta(path: Path) -> dict:
