@@ -60,3 +60,82 @@ def test_infer_from_folder_names():
     assert t.group_of("knee left") == "knee" and t.hierarchical
     flat = infer_taxonomy(["normal", "acute otitis media", "effusion", "perforation"])
     assert not flat.hierarchical and flat.mirrors == {}
+
+
+def test_builtin_ent_is_the_shipped_file_through_the_user_loader(tmp_path, caplog):
+    from entrep.taxonomy import Taxonomy
+
+    assert Taxonomy.ent() is ENT and load_taxonomy("ent") is ENT
+    # the built-in file round-trips through the same parser users' files go through
+    p = tmp_path / "copy.json"
+    p.write_text(json.dumps(ENT.to_dict()))
+    assert load_taxonomy(p) == ENT
+
+
+def test_a_file_named_ent_is_read_not_replaced_by_the_builtin(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ent").write_text("classes: [cat, dog]\n")
+    t = load_taxonomy("ent")
+    assert t.classes == ("cat", "dog")
+    with pytest.raises(TaxonomyError, match="no such file.*built-in taxonomies: ent"):
+        load_taxonomy(tmp_path / "sub" / "ent")
+
+
+def test_infer_says_which_taxonomy_it_chose(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="entrep.taxonomy"):
+        infer_taxonomy(["nose-left", "nose-right"])
+        infer_taxonomy(["cat", "dog"])
+    text = caplog.text
+    assert "built-in ENT taxonomy" in text and "no folder for" in text
+    assert "flat taxonomy" in text
+
+
+def test_text_naming_classes_groups_and_sides():
+    assert ENT.classes_named_in("a perforation in the left ear") == {"ear-left"}
+    assert ENT.classes_named_in("nasal polyp") == {"nose-left", "nose-right"}
+    assert ENT.classes_named_in("Vocal cords, OPEN") == {"vc-open"}
+    assert ENT.classes_named_in("a spur on the septum") is None
+    assert ENT.names_a_side("left nostril") and not ENT.names_a_side("nasal polyp")
+    assert not ENT.names_a_side("vocal cords open")  # a state, not a side
+    assert ENT.synonyms["nose"] == ("nasal", "nostril")
+
+
+def test_user_synonyms_name_classes_and_groups():
+    from entrep.taxonomy import Taxonomy
+
+    t = Taxonomy.from_dict({"classes": ["normal", "effusion", "perforation"],
+                            "synonyms": {"effusion": ["middle ear fluid"], "perforation": "hole"}})
+    assert t.classes_named_in("fluid in the middle ear") == {"effusion"}
+    assert t.classes_named_in("a small hole") == {"perforation"}
+    assert t.classes_named_in("ear fluid") is None  # every word of a phrase must occur
+    with pytest.raises(TaxonomyError, match="neither a class nor a group"):
+        Taxonomy.from_dict({"classes": ["a"], "synonyms": {"b": ["x"]}})
+    with pytest.raises(TaxonomyError, match="'synonyms' must be a mapping"):
+        Taxonomy.from_dict({"classes": ["a"], "synonyms": ["x"]})
+
+
+def test_label_parts_region_side_state():
+    assert ENT.label_parts("nose-left") == {"region": "nose", "side": "left", "state": None}
+    assert ENT.label_parts("vc-closed") == {"region": "vc", "side": None, "state": "closed"}
+    assert ENT.label_parts("throat") == {"region": "throat", "side": None, "state": None}
+    flat = infer_taxonomy(["cat", "dog"])
+    assert flat.label_parts("cat") == {"region": "cat", "side": None, "state": None}
+
+
+def test_derived_arrays_are_cached_but_callers_get_copies():
+    a = ENT.flip_permutation()
+    a[0] = 99
+    assert ENT.flip_permutation()[0] == 1
+    assert ENT.group_ids().tolist() == [0, 0, 1, 1, 2, 2, 3]
+
+
+def test_wrongly_typed_taxonomy_fields_are_one_line_errors():
+    from entrep.taxonomy import Taxonomy
+
+    for bad in ({"classes": ["a", "b"], "groups": ["a"]}, {"classes": ["a", "b"], "mirrors": "a,b"},
+                {"classes": ["a", "b"], "mirrors": [["a"]]}, {"classes": ["a", "b"], "groups": {"a": 1, "b": 2}},
+                {"classes": "a b"}, {"classes": []}):
+        with pytest.raises(TaxonomyError):
+            Taxonomy.from_dict(bad, source="t.yaml")

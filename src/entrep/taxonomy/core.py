@@ -1,8 +1,7 @@
-"""Class taxonomies: fine classes, official ids, coarse groups, mirror pairs, prompts.
+"""The :class:`Taxonomy` type: fine classes, official ids, groups, mirror pairs, prompts, synonyms.
 
-The ENT taxonomy of the ENTRep challenge is the default. A user's own taxonomy
-comes from a small YAML/JSON file (:func:`load_taxonomy`) or is inferred from
-class-folder names (:func:`infer_taxonomy`). Nothing else in the package
+Reading taxonomies (the built-in ``ent.yaml``, users' files, class-folder
+names) lives in :mod:`entrep.taxonomy.loader`. Nothing else in the package
 hard-codes class names: everything asks a :class:`Taxonomy`.
 """
 
@@ -10,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -31,7 +31,9 @@ class Taxonomy:
     coarse group (empty: a flat taxonomy). ``mirrors`` maps a class to the class
     a horizontal flip turns it into (symmetric; classes absent are unchanged by
     a flip). ``prompts`` are the fallback descriptions used when an image has
-    no caption (the paper's Table 3 for ENT).
+    no caption (the paper's Table 3 for ENT). ``synonyms`` maps a class *or a
+    group* to phrases that name it in free text ("nasal" names group nose).
+    Derived lookups (ids, arrays, name tokens) are computed once per instance.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Taxonomy:
     groups: Mapping[str, str] = field(default_factory=dict)
     mirrors: Mapping[str, str] = field(default_factory=dict)
     prompts: Mapping[str, str] = field(default_factory=dict)
+    synonyms: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -63,6 +66,31 @@ class Taxonomy:
                 raise TaxonomyError(f"class {a!r} cannot mirror itself; leave it out of mirrors")
             if self.groups and self.groups[a] != self.groups[b]:
                 raise TaxonomyError(f"mirror pair {a!r}/{b!r} must share a group")
+        nameable = known | set(self.groups.values())
+        for key, phrases in self.synonyms.items():
+            if key not in nameable:
+                raise TaxonomyError(f"synonyms name {key!r}, which is neither a class nor a group; "
+                                    f"classes are {list(self.classes)}")
+            if not isinstance(phrases, tuple) or not all(isinstance(p, str) and _words(p) for p in phrases):
+                raise TaxonomyError(f"synonyms of {key!r} must be a list of non-empty phrases, got {phrases!r}")
+
+    # ---- derived lookups, computed once (cached_property writes __dict__, so frozen is fine) ----
+    @cached_property
+    def _ids(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    @cached_property
+    def _group_ids(self) -> np.ndarray:
+        g = self.group_names
+        return np.array([g.index(self.group_of(c)) for c in self.classes], dtype=np.int64)
+
+    @cached_property
+    def _flip(self) -> np.ndarray:
+        return np.array([self._ids[self.mirrors.get(c, c)] for c in self.classes], dtype=np.int64)
+
+    @cached_property
+    def _synonym_words(self) -> tuple[tuple[str, frozenset[str]], ...]:
+        return tuple((key, _words(p)) for key, phrases in self.synonyms.items() for p in phrases)
 
     # ---- ids and names -------------------------------------------------
     @property
@@ -76,8 +104,8 @@ class Taxonomy:
 
     def class_id(self, label: str) -> int:
         try:
-            return self.classes.index(label)
-        except ValueError:
+            return self._ids[label]
+        except (KeyError, TypeError):
             raise TaxonomyError(f"unknown label {label!r}; known labels: {', '.join(self.classes)}") from None
 
     def class_name(self, label_id: int) -> str:
@@ -89,9 +117,9 @@ class Taxonomy:
         """Map a user spelling ('Nose-Left', 'nose_left', ' nose left ') to a class name."""
         if label in self.classes:
             return label
-        key = _label_key(label)
+        key = label_key(label)
         for c in self.classes:
-            if _label_key(c) == key:
+            if label_key(c) == key:
                 return c
         raise TaxonomyError(f"unknown label {label!r}; known labels: {', '.join(self.classes)}")
 
@@ -118,9 +146,8 @@ class Taxonomy:
         return out
 
     def group_ids(self) -> np.ndarray:
-        """Array mapping fine class id -> coarse group id."""
-        g = self.group_names
-        return np.array([g.index(self.group_of(c)) for c in self.classes], dtype=np.int64)
+        """Array mapping fine class id -> coarse group id (a fresh copy of the cached array)."""
+        return self._group_ids.copy()
 
     # ---- mirrors ------------------------------------------------------
     def mirror_of(self, label: str) -> str:
@@ -130,14 +157,69 @@ class Taxonomy:
         return self.mirrors.get(label, label)
 
     def flip_permutation(self) -> np.ndarray:
-        """perm[i] = id of the class that class i becomes under a horizontal flip."""
-        return np.array([self.class_id(self.mirror_of(c)) for c in self.classes], dtype=np.int64)
+        """perm[i] = id of the class that class i becomes under a horizontal flip (a fresh copy)."""
+        return self._flip.copy()
+
+    # ---- free text and label parts ---------------------------------------
+    def classes_named_in(self, text: str) -> set[str] | None:
+        """Classes a free-text query names explicitly, e.g. 'left ear' -> {ear-left}.
+
+        Every word of a class name (split on '-', '_', spaces) must occur, or
+        every word of one of the class's synonyms; a group synonym stands for
+        the group's name ('nasal' counts as 'nose'). A bare group ('ear') names
+        all its classes. None when no class is named.
+        """
+        words = set(_words(text))
+        direct: set[str] = set()
+        for key, phrase in self._synonym_words:
+            if phrase <= words:
+                if key in self._ids:
+                    direct.add(key)
+                else:
+                    words |= _words(key)
+        full = direct | {c for c in self.classes if _words(c) <= words}
+        if full:
+            return full
+        groups = {g for g in self.group_names if _words(g) <= words}
+        if groups:
+            return {c for g in groups for c in self.members(g)}
+        return None
+
+    def names_a_side(self, text: str) -> bool:
+        """True when the text names one class of a mirror pair but not its mirror ('left ear')."""
+        named = self.classes_named_in(text) or set()
+        return any(self.mirror_of(c) != c and self.mirror_of(c) not in named for c in named)
+
+    def label_parts(self, label: str) -> dict[str, str | None]:
+        """Region, side and state of a fine class, derived from groups and mirrors.
+
+        ``region`` is the class's group. The rest of the class name (its words
+        that are not the group's) is a *side* when the class has a mirror
+        partner (``nose-left`` -> side ``left``), else a *state* (``vc-open`` ->
+        state ``open``); both are None when the group has one class (``throat``).
+        """
+        region = self.group_of(label)
+        if len(self.members(region)) < 2:
+            return {"region": region, "side": None, "state": None}
+        group_words = _words(region)
+        rest = "-".join(t for t in _tokens(label) if t.lower() not in group_words) or label
+        if label in self.mirrors:
+            return {"region": region, "side": rest, "state": None}
+        return {"region": region, "side": None, "state": rest}
 
     # ---- prompts ------------------------------------------------------
     def prompt(self, label: str) -> str:
         if label not in self.classes:
             raise TaxonomyError(f"unknown label {label!r}; known labels: {', '.join(self.classes)}")
         return self.prompts.get(label) or f"An endoscopic image of {label.replace('-', ' ').replace('_', ' ')}."
+
+    # ---- built-in -------------------------------------------------------
+    @classmethod
+    def ent(cls) -> "Taxonomy":
+        """The built-in ENT taxonomy (``ent.yaml`` shipped in the package)."""
+        from entrep.taxonomy.loader import builtin_taxonomy
+
+        return builtin_taxonomy("ent")
 
     # ---- serialisation --------------------------------------------------
     def to_dict(self) -> dict:
@@ -147,6 +229,7 @@ class Taxonomy:
             "groups": dict(self.groups),
             "mirrors": dict(self.mirrors),
             "prompts": dict(self.prompts),
+            "synonyms": {k: list(v) for k, v in self.synonyms.items()},
         }
 
     @classmethod
@@ -164,107 +247,50 @@ class Taxonomy:
             classes = [n for _, n in items]
         if not isinstance(classes, list) or not all(isinstance(c, str) and c.strip() for c in classes):
             raise TaxonomyError(f"{source}: 'classes' must be a list of non-empty names")
-        groups = dict(d.get("groups") or {})
+        for key in ("groups", "prompts", "synonyms"):
+            if d.get(key) is not None and not isinstance(d.get(key), Mapping):
+                raise TaxonomyError(f"{source}: {key!r} must be a mapping")
+        raw_m = d.get("mirrors") or []
+        if not isinstance(raw_m, (Mapping, list)):
+            raise TaxonomyError(f"{source}: 'mirrors' must be a list of [a, b] pairs")
+        groups = {str(k): v for k, v in (d.get("groups") or {}).items()}
         # groups may also be given as {group: [classes]}
         if groups and all(isinstance(v, list) for v in groups.values()):
-            groups = {c: g for g, cs in groups.items() for c in cs}
+            groups = {str(c): g for g, cs in groups.items() for c in cs}
+        if not all(isinstance(v, str) for v in groups.values()):
+            raise TaxonomyError(f"{source}: 'groups' must be {{class: group}} or {{group: [classes]}}")
         mirrors: dict[str, str] = {}
-        raw_m = d.get("mirrors") or {}
         pairs = raw_m.items() if isinstance(raw_m, Mapping) else raw_m
         for pair in pairs:
-            if len(pair) != 2:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise TaxonomyError(f"{source}: each mirror pair needs two classes, got {pair!r}")
-            a, b = pair
+            a, b = (str(x) for x in pair)
             mirrors[a] = b
             mirrors[b] = a
+        synonyms = {str(k): (v,) if isinstance(v, str) else tuple(v) if isinstance(v, list) else v
+                    for k, v in (d.get("synonyms") or {}).items()}
         try:
             return cls(
                 name=str(d.get("name", "custom")),
                 classes=tuple(classes),
                 groups=groups,
                 mirrors=mirrors,
-                prompts=dict(d.get("prompts") or {}),
+                prompts={str(k): str(v) for k, v in (d.get("prompts") or {}).items()},
+                synonyms=synonyms,
             )
         except TaxonomyError as e:
             raise TaxonomyError(f"{source}: {e}") from None
 
 
-def _label_key(s: str) -> str:
+def label_key(s: str) -> str:
+    """Spelling-insensitive key of a label: case, spaces, '_' and '-' ignored."""
     return re.sub(r"[\s_\-]+", "-", s.strip().lower())
 
 
-ENT = Taxonomy(
-    name="ent",
-    classes=("nose-right", "nose-left", "ear-right", "ear-left", "vc-open", "vc-closed", "throat"),
-    groups={
-        "nose-right": "nose",
-        "nose-left": "nose",
-        "ear-right": "ear",
-        "ear-left": "ear",
-        "vc-open": "vc",
-        "vc-closed": "vc",
-        "throat": "throat",
-    },
-    mirrors={"nose-left": "nose-right", "nose-right": "nose-left", "ear-left": "ear-right", "ear-right": "ear-left"},
-    prompts={
-        "nose-left": "An endoscopic image of the left nasal passage.",
-        "nose-right": "An endoscopic image of the right nasal passage.",
-        "ear-left": "An endoscopic image of the left ear.",
-        "ear-right": "An endoscopic image of the right ear.",
-        "vc-open": "An endoscopic image of the vocal cords in the open state.",
-        "vc-closed": "An endoscopic image of the vocal cords in the closed state.",
-        "throat": "An endoscopic image of the throat region.",
-    },
-)
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[\s_\-]+", name) if t]
 
 
-def load_taxonomy(path: str | Path) -> Taxonomy:
-    """Read a taxonomy from YAML or JSON.
-
-    Format::
-
-        name: otoscopy
-        classes: [normal, "acute otitis media", effusion, perforation]
-        groups: {normal: healthy, ...}        # optional; or {group: [classes]}
-        mirrors: [[ear-left, ear-right]]      # optional
-        prompts: {normal: "An otoscopic image of a normal ear."}  # optional
-    """
-    p = Path(path)
-    if p.name.lower() == "ent":
-        return ENT
-    from entrep.io import read_structured
-
-    data = read_structured(p, what="taxonomy file", error=TaxonomyError)
-    return Taxonomy.from_dict(data, source=str(p))
-
-
-def infer_taxonomy(class_names: Iterable[str], name: str = "inferred") -> Taxonomy:
-    """A taxonomy from class-folder names.
-
-    If every name is one of the ENT classes, the ENT taxonomy is returned (with
-    its official ids). Otherwise: classes sorted by name, groups from a shared
-    ``group-side`` prefix, mirror pairs where names differ only by left/right.
-    """
-    names = sorted({str(n) for n in class_names})
-    if not names:
-        raise TaxonomyError("no class names to infer a taxonomy from")
-    ent_keys = {_label_key(c): c for c in ENT.classes}
-    if all(_label_key(n) in ent_keys for n in names):
-        return ENT
-    groups: dict[str, str] = {}
-    mirrors: dict[str, str] = {}
-    side = re.compile(r"^(?P<g>.+?)[\s_\-]+(?P<s>left|right)$", re.IGNORECASE)
-    by_group: dict[str, list[str]] = {}
-    for n in names:
-        m = side.match(n)
-        if m:
-            by_group.setdefault(m.group("g"), []).append(n)
-    for g, members in by_group.items():
-        if len(members) == 2:
-            a, b = members
-            mirrors[a], mirrors[b] = b, a
-            groups[a] = groups[b] = g
-    if groups:
-        for n in names:
-            groups.setdefault(n, n)
-    return Taxonomy(name=name, classes=tuple(names), groups=groups, mirrors=mirrors)
+def _words(text: str) -> frozenset[str]:
+    """Lower-cased words of a text (letters and digits, any script)."""
+    return frozenset(re.findall(r"[^\W_]+", str(text).casefold()))
