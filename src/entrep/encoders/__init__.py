@@ -11,6 +11,7 @@ Registered names: :func:`list_encoders`. Weights sources: see
 from __future__ import annotations
 
 from entrep.encoders import dinov2, effnet, minilm, openclip  # noqa: F401  (register builders)
+from entrep.encoders import endovit, gastronet  # noqa: F401  (domain backbones from local files)
 from entrep.encoders.base import ImageEncoder, TextEncoder
 from entrep.encoders.config import ImageEncoderConfig, TextEncoderConfig
 from entrep.encoders.pooling import flip_pooled, pooled_dim

@@ -1,0 +1,186 @@
+"""GastroNet: DINO (v1) ViT-S/16 pretrained on GastroNet-5M endoscopy images, from a local file.
+
+The dual-backbone retrieval paper's second backbone. The weights are not on
+any hub this toolkit can reach; give the file you have (``weights=PATH``,
+``$ENTREP_WEIGHTS_GASTRONET_VITS16`` or a profile's ``weights:``).
+
+Recognised layouts (converted by the named functions below, then loaded strictly
+into timm's ``vit_small_patch16_224``):
+
+- a plain backbone state dict (timm / DINO key names are the same for ViTs),
+- a DINO training checkpoint: ``teacher`` (preferred) or ``student`` dicts with
+  ``module.`` / ``backbone.`` prefixes and the DINO projection ``head.*``
+  (training-only, dropped by name), beside ``optimizer``/``epoch``/``args`` metadata,
+- ``state_dict`` / ``model`` wrappers.
+
+Position embeddings are resampled to the chosen input size (default 224).
+:class:`DomainViTEncoder` (shared with EndoViT) pools the patch tokens with a
+laterality-preserving pooling (default ``grid2``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from entrep.encoders.config import ImageEncoderConfig, options_tuple
+from entrep.encoders.dinov2 import DinoV2Encoder, LoadReport, resample_pos_embed
+from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
+from entrep.encoders.registry import register_image_encoder
+from entrep.encoders.resolver import (
+    choose_source,
+    compare_state_dicts,
+    file_digest,
+    find_weights_file,
+    how_to_point,
+    load_checkpoint_file,
+    require_file,
+)
+from entrep.encoders.vit import check_layers
+from entrep.errors import UserError, WeightsError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DINO_WRAPPERS = ("teacher", "student", "state_dict", "model")
+DINO_PREFIXES = ("module.", "backbone.", "_orig_mod.", "encoder.")
+
+
+class DomainViTEncoder(DinoV2Encoder):
+    """A timm ViT with domain-pretrained weights (GastroNet, EndoViT): pooled patch tokens or per-layer CLS."""
+
+
+def unwrap_dino(obj: dict, report: LoadReport) -> dict:
+    """The tensor dict of a DINO checkpoint: teacher, else student / state_dict / model; metadata dropped."""
+    d = obj
+    while isinstance(d, dict) and not all(isinstance(v, torch.Tensor) for v in d.values()):
+        w = next((w for w in DINO_WRAPPERS if isinstance(d.get(w), dict)), None)
+        if w is None:
+            break
+        report.wrapper.append(w)
+        d = d[w]
+    tensors = {k: v for k, v in d.items() if isinstance(v, torch.Tensor)}
+    other = sorted(k for k in d if k not in tensors)
+    if other:
+        report.dropped.setdefault("not tensors (training metadata)", []).extend(other)
+    if not tensors:
+        raise WeightsError(f"{report.path}: holds no tensors (top-level keys: {sorted(obj)[:10]})")
+    return tensors
+
+
+def strip_known_prefixes(sd: dict, report: LoadReport, prefixes=DINO_PREFIXES) -> dict:
+    """Strip ``module.``/``backbone.``... when every key carries them (repeatedly: ``module.backbone.``)."""
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if sd and all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                report.prefixes.append(p)
+                changed = True
+    return sd
+
+
+def dino_to_timm(sd: dict, report: LoadReport) -> dict:
+    """DINO v1 training layout -> timm ViT: keep ``backbone.*`` and drop the DINO projection ``head.*``."""
+    if any(k.startswith(("backbone.", "module.backbone.")) for k in sd):
+        report.layout = "DINO training checkpoint"
+        heads = [k for k in sd if not k.startswith(("backbone.", "module.backbone."))]
+        unknown = [k for k in heads if not k.startswith(("head.", "module.head."))]
+        if unknown:
+            raise WeightsError(f"{report.path}: keys outside backbone. that are not the DINO head: {unknown[:8]}")
+        if heads:
+            report.dropped.setdefault("training-only DINO projection head", []).extend(heads)
+        sd = {k: v for k, v in sd.items() if k not in set(heads)}
+    sd = strip_known_prefixes(sd, report)
+    if any(k.startswith("head.") for k in sd) and "head.weight" not in sd:
+        heads = [k for k in sd if k.startswith("head.")]
+        report.dropped.setdefault("training-only DINO projection head", []).extend(heads)
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    return sd
+
+
+def drop_classifier(sd: dict, model: torch.nn.Module, report: LoadReport) -> dict:
+    """A classifier ``head.weight/bias`` is unused for features (the model is built without one)."""
+    if any(k.startswith("head.") for k in model.state_dict()):
+        return sd
+    heads = [k for k in sd if k.startswith("head.")]
+    if heads:
+        report.dropped.setdefault("classifier head unused for features", []).extend(heads)
+    return {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+
+def load_strict(model: torch.nn.Module, sd: dict, report: LoadReport, what: str) -> LoadReport:
+    sd = resample_pos_embed(drop_classifier(sd, model, report), model, report)
+    missing, unexpected, wrong = compare_state_dicts(model.state_dict(), sd)
+    if missing or unexpected or wrong:
+        raise WeightsError(f"{what}: {report.path} does not fit {type(model).__name__} ({report.summary()}): "
+                           f"missing {len(missing)} key(s) {missing[:10]}, unexpected {len(unexpected)} "
+                           f"{unexpected[:10]}, wrong shape {wrong[:4]}")
+    model.load_state_dict(sd, strict=True)
+    log.info("%s: loaded %s (%s)", what, report.path, report.summary())
+    return report
+
+
+def load_gastronet_weights(model: torch.nn.Module, path: str | Path) -> LoadReport:
+    """Load a GastroNet (DINO ViT-S/16) checkpoint file into a timm ViT, strictly."""
+    report = LoadReport(path=str(path), layout="timm/DINO backbone")
+    sd = dino_to_timm(unwrap_dino(load_checkpoint_file(path, what="gastronet"), report), report)
+    return load_strict(model, sd, report, "gastronet")
+
+
+def weights_path(name: str, weights, example: str) -> tuple[Path, str]:
+    """A local weights file for a domain backbone (file or folder holding one); no download exists."""
+    try:
+        source = choose_source(name, weights, "")
+    except WeightsError:
+        raise WeightsError(f"{name}: no weights given and none can be downloaded; {how_to_point(name, example)}") from None
+    if source.kind == "file":
+        return require_file(source, what=name), str(source)
+    if source.kind == "local-dir":
+        return find_weights_file(Path(source.location), ("model.safetensors", "pytorch_model.bin",
+                                                         "checkpoint.pth", "model.pth"), what=name), str(source)
+    raise WeightsError(f"{name}: weights source {source} is not a local file or folder; {how_to_point(name, example)}")
+
+
+def build_domain_vit(name: str, arch: str, loader, *, weights, pooling, device, precision, image_size: int,
+                     return_layers, model_kwargs, licence: str, example: str, patch: int = 16,
+                     extra_kwargs: dict | None = None) -> DomainViTEncoder:
+    import timm
+
+    if int(image_size) % patch:
+        raise UserError(f"{name}: image_size {image_size} must be a multiple of the {patch}-pixel patch (e.g. 224, 384)")
+    pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
+    path, source = weights_path(name, weights, example)
+    kwargs = dict(model_kwargs or {})
+    model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=int(image_size),
+                              **{**(extra_kwargs or {}), **kwargs})
+    report = loader(model, path)
+    width = int(model.num_features)
+    layers = check_layers(return_layers, len(model.blocks)) if return_layers else None
+    if layers:
+        pooling_name, dim = "cls-layers:" + ",".join(map(str, layers)), len(layers) * width
+    else:
+        pooling_name, dim = pooling, pooled_dim(pooling, width)
+    config = ImageEncoderConfig(
+        name=name, dim=dim, image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        weights=source, pooling=pooling_name, width=width, interpolation="bicubic", licence=licence,
+        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(kwargs.items())) or None}))
+    return DomainViTEncoder(config, model, return_layers=layers, report=report, device=device, precision=precision,
+                            weights_digest=file_digest(path))
+
+
+@register_image_encoder("gastronet-vits16", aliases=("gastronet",),
+                        summary="GastroNet-5M DINO ViT-S/16 (local checkpoint file), laterality pooling")
+def build_gastronet(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
+                    return_layers=None, model_kwargs: dict | None = None, **rest) -> DomainViTEncoder:
+    """``model_kwargs`` overrides timm architecture arguments (embed_dim/depth/num_heads) for other sizes."""
+    if rest:
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
+    return build_domain_vit(name, "vit_small_patch16_224", load_gastronet_weights, weights=weights, pooling=pooling,
+                            device=device, precision=precision, image_size=image_size, return_layers=return_layers,
+                            model_kwargs=model_kwargs, example="/path/to/gastronet_dino_vits16.pth",
+                            licence="check the GastroNet-5M weights' licence (research use)")
