@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 #: command modules under entrep.cli.commands; a new command adds its module name here
-COMMAND_MODULES = ("data", "synth", "embed", "model", "retrieval", "serve")
+COMMAND_MODULES = ("data", "synth", "embed", "model", "retrieval", "serve", "review")
 
 app = typer.Typer(
     add_completion=False,

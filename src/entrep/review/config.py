@@ -85,3 +85,34 @@ def load_review_config(path: str | Path) -> ReviewConfig:
 
     doc = read_structured(path, what="review config", error=UserError)
     return ReviewConfig.from_dict(doc or {}, source=str(path))
+
+
+def write_review_config(path: str | Path, config: ReviewConfig, *, only: tuple[str, ...] | None = None) -> Path:
+    """Write ``config`` (or only its ``only`` sections) as YAML (.yaml/.yml) or JSON, atomically."""
+    from entrep.io import write_json_atomic, write_text_atomic
+
+    doc = config.to_dict()
+    if only is not None:
+        doc = {k: doc[k] for k in only}
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        return write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+    return write_json_atomic(path, doc)
+
+
+def calibrate_files(paths, *, margin: float = 0.5, base: CleanseConfig | None = None) -> CleanseConfig:
+    """:func:`entrep.review.cleanse.calibrate` over image files and folders of them (read one at a time)."""
+    from entrep.data.images import is_image_file, load_rgb
+    from entrep.review.cleanse import calibrate
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(q for q in p.iterdir() if is_image_file(q)))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    return calibrate((load_rgb(f) for f in files), base=base or CleanseConfig(), margin=margin)

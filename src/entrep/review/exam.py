@@ -33,10 +33,13 @@ SCHEMA = "entrep.review/1"
 
 @dataclass
 class ExamReview:
-    """The review document (the JSON of docs/review.md) and the best frames' JPEG thumbnails by site."""
+    """The review document (the JSON of docs/review.md), the best frames' JPEG thumbnails by site, and
+    the kept frames' unsmoothed class probabilities (rows in the order of the kept frames) and times."""
 
     doc: dict
     thumbnails: dict[str, bytes] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None
+    times: np.ndarray | None = None
 
 
 class _Candidates:
@@ -68,7 +71,9 @@ def _jpeg(image: Image.Image, px: int) -> bytes:
 
 def _sequence(images: Sequence, fps: float) -> Iterator[Frame]:
     for i, x in enumerate(images):
-        if isinstance(x, Image.Image):
+        if isinstance(x, Frame):
+            yield x
+        elif isinstance(x, Image.Image):
             name = getattr(x, "filename", None) or f"frame-{i}"
             yield Frame(i, Path(name).name, i / fps, x.convert("RGB"))
         else:
@@ -77,7 +82,11 @@ def _sequence(images: Sequence, fps: float) -> Iterator[Frame]:
 
 def review(model, exam, *, fps: float = 2.0, require: Sequence[str] | str | None = None,
            config: ReviewConfig | None = None, progress: bool = False) -> ExamReview:
-    """Review ``exam`` (a video file, a folder of frames, or a sequence of images/paths) with ``model``."""
+    """Review ``exam`` with ``model``.
+
+    ``exam`` is a video file, a folder of frames, or a sequence of frames in exam order: image
+    paths, PIL images (timed ``i / fps``) or :class:`~entrep.review.sources.Frame` objects.
+    """
     cfg = config or ReviewConfig()
     t0 = time.perf_counter()
     if isinstance(exam, (str, Path)):
@@ -175,7 +184,7 @@ def review(model, exam, *, fps: float = 2.0, require: Sequence[str] | str | None
         "timing": {"seconds": round(seconds, 3), "frames_per_s": round(len(rows) / seconds, 2) if seconds else None},
         "frames": rows,
     }
-    return ExamReview(doc, thumbnails)
+    return ExamReview(doc, thumbnails, raw, times)
 
 
 def review_exam(model, exam, *, fps: float = 2.0, require: Sequence[str] | str | None = None,
