@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from entrep.errors import ModelError
-from entrep.io import atomic_path
+from entrep.io import atomic_dir, atomic_path, recover_dir
 from entrep.model.model import EntrepModel
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ def save_model(model: EntrepModel, path: str | Path) -> Path:
     arrays: dict[str, np.ndarray] = {}
     meta = {"format": FORMAT, "version": VERSION, "state": flatten_state(model.get_state(), "s", arrays)}
     src_report = (model.path / "report") if model.path else None
-    with atomic_path(path) as tmp:
-        tmp.mkdir(parents=True)
+    # crash-safe swap of the whole folder; files a user put in it are carried over (entrep.io.atomic_dir)
+    with atomic_dir(path, own=OWN_ENTRIES, foreign="keep") as tmp:
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         with open(tmp / "arrays.npz", "wb") as f:
             np.savez(f, **arrays)
@@ -89,24 +89,8 @@ def save_model(model: EntrepModel, path: str | Path) -> Path:
             model.gallery.save(tmp / "gallery")
         if src_report is not None and src_report.is_dir():  # a re-saved model keeps its report
             shutil.copytree(src_report, tmp / "report")
-        _keep_foreign(path, tmp)
     model.path = path
     return path
-
-
-def _keep_foreign(old: Path, new: Path) -> None:
-    """Copy the files a user put in the old model folder (notes, configs) into the new one."""
-    if not old.is_dir():
-        return
-    for entry in old.iterdir():
-        if entry.name in OWN_ENTRIES or entry.name.startswith("."):
-            continue
-        target = new / entry.name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target, symlinks=True)
-        else:
-            shutil.copy2(entry, target, follow_symlinks=False)
-        log.info("kept %s from the previous model folder", entry.name)
 
 
 def _read_meta(path: Path) -> dict:
@@ -132,6 +116,8 @@ def _read_meta(path: Path) -> dict:
 def load_model(path: str | Path, *, cache: str | Path | None = None, device: str | None = None) -> EntrepModel:
     """Read a model folder written by :func:`save_model`; one clear line when it is not one."""
     path = Path(path).expanduser()
+    if path.parent.is_dir():
+        recover_dir(path)  # an interrupted replacement (rare fallback mode) is finished or undone first
     meta = _read_meta(path)
     try:
         with np.load(path / "arrays.npz", allow_pickle=False) as npz:
