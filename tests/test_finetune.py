@@ -111,7 +111,7 @@ def test_resume_after_an_interrupted_epoch_equals_an_uninterrupted_run(data, tmp
 def test_partial_trains_on_cached_frozen_activations_equal_to_the_full_forward(data, tmp_path):
     enc = tiny_vit_encoder(pooling="grid2")
     cache = tmp_path / "cache"
-    cfg = _cfg(enc, "partial", epochs=1, cls_layers=0, layers=2)
+    cfg = _cfg(enc, "partial", epochs=1, cls_layers=4, layers=2)  # 2 fused CLS from the frozen part
     adapted = finetune_encoder(TinyExtractor(enc, cache), *data, TAX, cfg)
     files = sorted((cache / "finetune-prefix").rglob("*.npz"))
     n_train, n_val = len(data[0]), len(data[1])

@@ -112,7 +112,7 @@ class MetricHead:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 a, n = (pairs[0], pairs[2]) if len(pairs) == 3 else (pairs[2], pairs[3])
                 neg += len(n)
                 mirror_neg += int((torch.from_numpy(mirror)[yb[a]] == yb[n]).sum()) if len(n) else 0
