@@ -44,22 +44,23 @@ class ImageFeatures:
         return len(self.head)
 
 
-def _part_types() -> dict[str, type]:
-    from entrep.classify.align import JointAlignment
-    from entrep.classify.heads import HeadClassifier
-    from entrep.classify.prototypes import PrototypeClassifier
+#: part name -> "module:Class" of its estimator (imported only when a saved model has that part)
+PART_TYPES = {
+    "align": "entrep.classify.align:JointAlignment",
+    "proto_fine": "entrep.classify.prototypes:PrototypeClassifier",
+    "proto_group": "entrep.classify.prototypes:PrototypeClassifier",
+    "group_head": "entrep.classify.heads:HeadClassifier",
+    "within_heads": "entrep.classify.heads:HeadClassifier",
+    "baseline": "entrep.classify.heads:HeadClassifier",
+    "metric_head": "entrep.finetune.metric:MetricHead",
+}
 
-    types: dict[str, type] = {
-        "align": JointAlignment, "proto_fine": PrototypeClassifier, "proto_group": PrototypeClassifier,
-        "group_head": HeadClassifier, "within_heads": HeadClassifier, "baseline": HeadClassifier,
-    }
-    try:
-        from entrep.finetune import MetricHead
 
-        types["metric_head"] = MetricHead
-    except ImportError:  # the fine-tuning package is optional at import time
-        pass
-    return types
+def _part_type(name: str) -> type:
+    import importlib
+
+    module, cls = PART_TYPES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 @dataclass
@@ -86,7 +87,6 @@ class ModelParts:
 
     @classmethod
     def from_state(cls, state: dict, *, source: str = "model") -> "ModelParts":
-        types = _part_types()
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(state) - known
         if unknown:
@@ -96,12 +96,11 @@ class ModelParts:
             if s is None:
                 kwargs[name] = None
                 continue
-            if name not in types:
-                raise ModelError(f"{source}: part {name!r} needs a module this installation lacks")
+            kind = _part_type(name)
             if name == "within_heads":
-                kwargs[name] = {int(g): types[name].from_state(v) for g, v in s.items()}
+                kwargs[name] = {int(g): kind.from_state(v) for g, v in s.items()}
             else:
-                kwargs[name] = types[name].from_state(s)
+                kwargs[name] = kind.from_state(s)
         for required in ("proto_fine", "baseline"):
             if kwargs.get(required) is None:
                 raise ModelError(f"{source}: the model lacks its {required} part; refit it")
