@@ -157,3 +157,52 @@ def test_write_splits_reads_back(tmp_path):
     assert line["image"].startswith("imgs/")
     again = read_dataset(tmp_path / "proj" / "val.jsonl")
     assert again.taxonomy.classes == ("normal", "effusion") and all(r.image.is_file() for r in again)
+
+
+def test_small_data_holdout_has_every_class_with_two_images(tmp_path):
+    counts = {c: 2 for c in ENT.classes} | {"nose-left": 9}
+    ds = _dataset(tmp_path / "imgs", counts)
+    for seed in range(3):
+        sp = split_dataset(ds, seed=seed, ratios=(0.9, 0.1, 0.0), require_every_class=True)
+        assert set(_per_class(sp["val"])) == set(ENT.classes)
+        assert set(_per_class(sp["train"])) == set(ENT.classes)
+        assert len(sp["test"]) == 0
+
+
+def test_a_class_its_groups_keep_out_of_a_part_is_named(tmp_path, caplog):
+    ds = _dataset(tmp_path / "imgs", {"nose-left": 6, "throat": 2})
+    # both throat images belong to one patient: they cannot be in train and val
+    ds = Dataset(records=[Record(image=r.image, label=r.label, group="p1" if r.label == "throat" else None)
+                          for r in ds.records], root=ds.root, taxonomy=ENT, source="mini")
+    with pytest.raises(UserError, match=r"mini: 'throat' has no image in (train|val).*--val DATA"):
+        split_dataset(ds, ratios=(0.5, 0.5, 0.0), require_every_class=True)
+    sp = split_dataset(ds, ratios=(0.5, 0.5, 0.0))  # without the requirement: a warning
+    assert len(sp["train"]) + len(sp["val"]) == 8 and "throat" in caplog.text
+
+
+def test_split_folder_is_replaced_as_a_whole(tmp_path):
+    ds = _dataset(tmp_path / "imgs", {"nose-left": 10, "nose-right": 10})
+    out = tmp_path / "split"
+    write_splits(split_dataset(ds, seed=0), out)
+    (out / "notes.txt").write_text("mine")
+    assert (out / "test.jsonl").read_text().strip()
+    # a later run without a test part: no stale test.jsonl from the first run survives
+    written = write_splits(split_dataset(ds, seed=1, ratios=(0.5, 0.5, 0.0)), out)
+    assert set(written) == {"train", "val", "test"}
+    assert (out / "test.jsonl").read_text() == ""
+    assert (out / "notes.txt").read_text() == "mine"  # files entrep did not write are kept
+    train = read_dataset(out / "train.jsonl")
+    val = read_dataset(out / "val.jsonl")
+    assert not {r.image for r in train} & {r.image for r in val}
+    assert len(train) + len(val) == 20
+
+
+def test_split_hashes_go_through_the_one_memo(tmp_path):
+    from entrep.data.hashing import HashCache
+
+    ds = _dataset(tmp_path / "imgs", {"ear-left": 5, "ear-right": 5})
+    memo = HashCache(root=tmp_path / "memo")
+    a = split_dataset(ds, seed=0, hashes=memo)
+    assert memo.last_computed == 10
+    b = split_dataset(ds, seed=0, hashes=memo)
+    assert memo.last_reused == 10 and _names(a) == _names(b)

@@ -150,13 +150,16 @@ def read_manifest(path: str | Path, taxonomy: Taxonomy = ENT, *, check_files: bo
     return Dataset(records=records, root=root, taxonomy=taxonomy, text_queries=text_queries, source=str(path))
 
 
-def write_manifest(path: str | Path, records: Iterable[Record], *, text_queries: Iterable[tuple[str, str]] = ()) -> Path:
-    """Write records as JSONL (atomically), paths relative to the manifest's folder when possible.
+def write_manifest(path: str | Path, records: Iterable[Record], *, text_queries: Iterable[tuple[str, str]] = (),
+                   root: str | Path | None = None) -> Path:
+    """Write records as JSONL (atomically), paths relative to ``root`` when possible.
 
-    t2i captions are kept as a ``queries`` list on the record they point to.
+    ``root`` defaults to the manifest's folder; pass the final folder when
+    writing into a temporary one that will be moved there. t2i captions are
+    kept as a ``queries`` list on the record they point to.
     """
     path = Path(path)
-    root = path.parent.resolve()
+    root = Path(root).resolve() if root is not None else path.parent.resolve()
     queries: dict[str, list[str]] = {}
     for text, name in text_queries:
         queries.setdefault(name, []).append(text)

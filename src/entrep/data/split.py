@@ -1,16 +1,22 @@
 """Stratified, grouped, seeded train/val/test splits that never leak an image across splits.
 
-Images are grouped before splitting (union-find over keys): byte-identical
+Images are grouped before splitting (the one union-find of
+:mod:`entrep.data.hashing` over keys): byte-identical
 files (SHA-256) always share a group, so do records with the same
 ``Record.group``, and, with ``group_pattern``, files whose names give the same
 patient/visit id. Whole groups go to one split; the per-class split sizes come
 as close to ``ratios`` as the groups allow (1,857 ENTRep images at 80/10/10
-give the paper's 1485/186/186). The result depends on the records and the seed
-only, never on the order of the records.
+give the paper's 1485/186/186). Every class with at least as many images as
+there are non-empty parts gets at least one image in each part, as far as its
+groups allow; ``require_every_class=True`` turns a class the groups keep out of
+a part into a :class:`UserError` naming it (``fit`` uses this for its internal
+hold-out). The result depends on the records and the seed only, never on the
+order of the records.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -20,11 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
-from entrep.data.hashing import sha256_files
+from entrep.data.hashing import HashCache, components_sharing
 from entrep.data.readers import SPLIT_NAMES
 from entrep.data.records import DataError, Dataset, write_manifest
 from entrep.errors import UserError
-from entrep.io import write_json_atomic
+from entrep.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,16 @@ def split_dataset(
     seed: int = 0,
     ratios: Sequence[float] = (0.8, 0.1, 0.1),
     group_pattern: str | None = None,
+    require_every_class: bool = False,
+    hashes: HashCache | None = None,
 ) -> Splits:
-    """Split ``ds`` into train/val/test, stratified on the fine label, whole groups per split."""
+    """Split ``ds`` into train/val/test, stratified on the fine label, whole groups per split.
+
+    ``hashes``: the content-hash memo to use (default ``HashCache()``).
+    ``require_every_class``: raise :class:`UserError` when a class with enough
+    images still misses a non-empty part (its images share groups); otherwise
+    that is a warning.
+    """
     r = _check_ratios(ratios)
     pattern = _compile(group_pattern)
     recs = ds.records
@@ -53,7 +67,7 @@ def split_dataset(
     unlabelled = [x.name for x in recs if x.label is None]
     if unlabelled:
         raise DataError(f"{ds.source or ds.root}: {len(unlabelled)} image(s) have no label, e.g. {unlabelled[0]}")
-    hashes = sha256_files([x.image for x in recs])
+    hashes = (hashes or HashCache()).sha256([x.image for x in recs])
 
     # canonical order: independent of the order records came in
     order = sorted(range(len(recs)), key=lambda i: (recs[i].name, str(recs[i].image), hashes[i]))
@@ -76,7 +90,7 @@ def split_dataset(
         if unmatched:
             log.warning("group pattern %r matched no id in %d file name(s); each is its own group",
                         group_pattern, unmatched)
-    groups = _union_groups(keys)  # lists of positions in `order`, canonical
+    groups = components_sharing(keys)  # lists of positions in `order`, canonical
     groups = [[order[p] for p in g] for g in groups]
 
     tax = ds.taxonomy
@@ -103,6 +117,7 @@ def split_dataset(
         assigned[:, best] += cnt
         members_of[best].extend(groups[g])
 
+    _check_every_class(assigned, counts, open_splits, tax, require_every_class, ds.source or str(ds.root))
     sizes = [len(g) for g in groups]
     info = {
         "seed": seed,
@@ -127,33 +142,42 @@ def split_dataset(
 
 
 def write_splits(splits: dict[str, Dataset], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``out_dir/{train,val,test}.jsonl``, ``taxonomy.json`` and ``split.json``.
+    """Write ``out_dir/{train,val,test}.jsonl``, ``taxonomy.json`` and ``split.json`` as a whole.
 
-    Image paths are relative to ``out_dir`` when the images lie under it, else
-    absolute; t2i captions travel with their images. Empty splits are not written.
+    The split files are replaced together (one folder swap, :func:`entrep.io.atomic_dir`),
+    so no manifest of an earlier run survives next to the new ones; files in
+    ``out_dir`` that entrep did not write are kept. Every part is written, an
+    empty part as an empty manifest (a warning says so). Image paths are
+    relative to ``out_dir`` when the images lie under it, else absolute; t2i
+    captions travel with their images.
     """
     out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    own = {f"{n}.jsonl" for n in SPLIT_NAMES} | {"taxonomy.json", "split.json"}
     written: dict[str, Path] = {}
     counts: dict[str, dict[str, int]] = {}
     tax = None
-    for name, ds in splits.items():
-        tax = tax or ds.taxonomy
-        counts[name] = {c: 0 for c in ds.taxonomy.classes}
-        for x in ds.records:
-            counts[name][x.label] = counts[name].get(x.label, 0) + 1
-        if not ds.records:
-            log.warning("split %r is empty; %s.jsonl not written", name, name)
-            continue
-        recs = [replace(x, image=x.image.resolve()) for x in ds.records]
-        written[name] = write_manifest(out / f"{name}.jsonl", recs, text_queries=ds.text_queries)
-    if tax is not None:
-        write_json_atomic(out / "taxonomy.json", tax.to_dict())
-    info = dict(getattr(splits, "info", {}) or {})
-    info["counts"] = counts
-    info["totals"] = {n: sum(c.values()) for n, c in counts.items()}
-    info["files"] = {n: p.name for n, p in written.items()}
-    write_json_atomic(out / "split.json", info)
+    with atomic_dir(out, own=own, foreign="keep") as tmp:
+        for name in SPLIT_NAMES:
+            ds = splits.get(name)
+            recs = [] if ds is None else [replace(x, image=x.image.resolve()) for x in ds.records]
+            if ds is not None:
+                tax = tax or ds.taxonomy
+                counts[name] = {c: 0 for c in ds.taxonomy.classes}
+            for x in recs:
+                counts[name][x.label] = counts[name].get(x.label, 0) + 1
+            if not recs:
+                log.warning("split %r is empty; %s.jsonl written without records", name, name)
+            write_manifest(tmp / f"{name}.jsonl", recs, text_queries=ds.text_queries if ds is not None else (),
+                           root=out)
+            written[name] = out / f"{name}.jsonl"
+        if tax is not None:
+            (tmp / "taxonomy.json").write_text(json.dumps(tax.to_dict(), indent=2, ensure_ascii=False),
+                                               encoding="utf-8")
+        info = dict(getattr(splits, "info", {}) or {})
+        info["counts"] = counts
+        info["totals"] = {n: sum(c.values()) for n, c in counts.items()}
+        info["files"] = {n: p.name for n, p in written.items()}
+        (tmp / "split.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
     return written
 
 
@@ -187,27 +211,19 @@ def _pattern_id(pattern: re.Pattern, name: str) -> str | None:
     return m.group(1) if pattern.groups else m.group(0)
 
 
-def _union_groups(keys: list[list[str]]) -> list[list[int]]:
-    """Connected components of items sharing any key, each sorted, ordered by first member."""
-    parent = list(range(len(keys)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first: dict[str, int] = {}
-    for i, ks in enumerate(keys):
-        for k in ks:
-            j = first.setdefault(k, i)
-            a, b = find(i), find(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    comps: dict[int, list[int]] = {}
-    for i in range(len(keys)):
-        comps.setdefault(find(i), []).append(i)
-    return sorted(comps.values(), key=lambda g: g[0])
+def _check_every_class(assigned: np.ndarray, counts: np.ndarray, open_splits: list[int], tax, strict: bool,
+                       source: str) -> None:
+    """Classes with >= one image per open part that still miss a part (their images share groups)."""
+    short = [(tax.classes[c], SPLIT_NAMES[s]) for c in range(len(counts)) if counts[c] >= len(open_splits)
+             for s in open_splits if assigned[c, s] == 0]
+    if not short:
+        return
+    shown = ", ".join(f"{c!r} has no image in {s}" for c, s in short[:4]) + (" ..." if len(short) > 4 else "")
+    msg = (f"{source}: {shown}: its images share groups (identical files, patient ids) that cannot be divided; "
+           "add images of that class, pass a separate validation set (--val DATA), or change the split fraction")
+    if strict:
+        raise UserError(msg)
+    log.warning("%s", msg)
 
 
 def _largest_remainder(total: int, ratios: Sequence[float]) -> np.ndarray:
@@ -237,6 +253,16 @@ def _targets(counts: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
         row_left[c] -= 1
         col_left[s] -= 1
         bumped[c, s] = True
+    # every class with enough images gets at least one in each open part
+    open_ = [s for s in range(len(r)) if r[s] > 0]
+    for c in range(len(counts)):
+        if counts[c] < len(open_):
+            continue
+        for s in open_:
+            if t[c, s] == 0:
+                donor = max(open_, key=lambda d: (t[c, d], -d))
+                t[c, donor] -= 1
+                t[c, s] += 1
     return t
 
 
