@@ -241,3 +241,18 @@ def test_main_reports_bad_input_as_one_line(tmp_path):
     assert proc.returncode == 2
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "cls.json" in lines[0] and "line 1" in lines[0]
+
+
+def test_audit_byte_hashes_go_through_the_one_memo(tmp_path):
+    from entrep.data.hashing import HashCache
+
+    tr, te = _two_splits(tmp_path, n=3)
+    shutil.copy(tr[0], tmp_path / "test" / "copy.png")
+    named = {"train": _ds(zip(tr, _labels(3)), tmp_path),
+             "test": _ds(list(zip(te, _labels(3))) + [(tmp_path / "test" / "copy.png", _labels(3)[0])], tmp_path)}
+    memo = HashCache(root=tmp_path / "memo")
+    first = audit_datasets(named, hashes=memo)
+    assert memo.last_computed == 7
+    again = audit_datasets(named, hashes=memo)
+    assert memo.last_reused == 7
+    assert len(first.leakage) == len(again.leakage) == 1

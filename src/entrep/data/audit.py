@@ -27,6 +27,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from entrep.data.hashing import HashCache, UnionFind, map_files
 from entrep.data.images import ImageError, load_rgb
 from entrep.data.readers import find_split_manifests, read_dataset
 from entrep.data.records import DataError, Dataset
@@ -183,12 +184,14 @@ def audit_datasets(
     taxonomy: Taxonomy | None = None,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
+    hashes: HashCache | None = None,
 ) -> AuditReport:
     """Audit any number of named datasets (or dataset paths) together.
 
     ``embeddings[name]`` (optional) holds one row per record of dataset
     ``name``. ``min_correlation`` confirms pHash matches on grey thumbnails
     (None: pHash alone). ``progress(k)`` is called as images are hashed.
+    ``hashes``: the content-hash memo for file bytes (default ``HashCache()``).
     """
     if not isinstance(named, Mapping):
         named = named_datasets(named, taxonomy, skip_bad=skip_bad)
@@ -197,11 +200,11 @@ def audit_datasets(
     if near_threshold < 0 or near_threshold > 64:
         raise DataError(f"near threshold must be 0..64 bits, got {near_threshold}")
     members = [Member(n, r.name, r.label, r.image) for n, ds in named.items() for r in ds.records]
-    results = _hash_all([m.path for m in members], progress)
+    results = _hash_all([m.path for m in members], progress, hashes or HashCache())
 
     unreadable = [(m, res) for m, res in zip(members, results) if isinstance(res, str)]
     ok_idx = [i for i, res in enumerate(results) if not isinstance(res, str)]
-    uf = _UnionFind(len(members))
+    uf = UnionFind(len(members))
     first: dict[str, int] = {}
     for i in ok_idx:
         uf.union(i, first.setdefault(results[i][0], i))
@@ -212,7 +215,7 @@ def audit_datasets(
     exact = [DuplicateGroup("exact", [members[i] for i in c]) for c in exact_comps]
 
     # near duplicates: union near edges on top of the exact groups
-    near_uf = _UnionFind(len(members))
+    near_uf = UnionFind(len(members))
     for i in ok_idx:
         near_uf.union(i, uf.find(i))
     evidence: dict[int, set[str]] = {}
@@ -289,14 +292,10 @@ def named_datasets(paths: Sequence[str | Path], taxonomy: Taxonomy | None = None
 
 
 # ---------------------------------------------------------------- hashing
-def _hash_one(path: Path) -> tuple[str, int, np.ndarray] | str:
-    """(byte sha256, 64-bit pHash, unit-norm zero-mean 32x32 grey thumbnail), or the error text."""
+def _hash_one(path: Path) -> tuple[int, np.ndarray] | str:
+    """(64-bit pHash, unit-norm zero-mean 32x32 grey thumbnail), or the error text."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return f"{path}: cannot read file ({e.strerror or e})"
-    try:
-        img = load_rgb(data, name=str(path))
+        img = load_rgb(path)
     except ImageError as e:
         return str(e)
     # pHash resizes to 32x32 anyway; a box-filter reduce first gives the same bits ~10x faster
@@ -306,7 +305,7 @@ def _hash_one(path: Path) -> tuple[str, int, np.ndarray] | str:
     thumb = np.asarray(small.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32).ravel()
     thumb -= thumb.mean()
     thumb /= max(float(np.linalg.norm(thumb)), 1e-6)
-    return hashlib.sha256(data).hexdigest(), int(np.packbits(bits).view(">u8")[0]), thumb
+    return int(np.packbits(bits).view(">u8")[0]), thumb
 
 
 def _pixel_hashes(members: list[Member], results: list, ok_idx: list[int]) -> list[tuple[str, int]]:
@@ -325,10 +324,26 @@ def _pixel_hashes(members: list[Member], results: list, ok_idx: list[int]) -> li
     return out
 
 
-def _hash_all(paths: list[Path], progress: Callable[[int], None] | None) -> list:
-    from entrep.data.hashing import map_files
-
-    return map_files(_hash_one, paths, progress=progress)
+def _hash_all(paths: list[Path], progress: Callable[[int], None] | None, memo: HashCache) -> list:
+    """Per path (byte sha256, pHash, thumbnail), or the error text; byte hashes through the memo."""
+    try:
+        shas: list[str | None] = list(memo.sha256(paths))
+    except DataError:  # some file cannot be read: hash one by one, the decoder names the problem
+        shas = []
+        for p in paths:
+            try:
+                shas.append(memo.sha256_one(p))
+            except DataError:
+                shas.append(None)
+    out = []
+    for sha, res, p in zip(shas, map_files(_hash_one, paths, progress=progress), paths):
+        if isinstance(res, str):
+            out.append(res)
+        elif sha is None:
+            out.append(f"{p}: cannot read file")
+        else:
+            out.append((sha, *res))
+    return out
 
 
 def _hamming_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int, int]]:
@@ -368,29 +383,6 @@ def _cosine_pairs(emb: np.ndarray, threshold: float) -> list[tuple[int, int]]:
         keep = jj > ii + i0
         out += [(int(i + i0), int(j)) for i, j in zip(ii[keep], jj[keep])]
     return out
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        p = self.parent
-        while p[i] != i:
-            p[i] = p[p[i]]
-            i = p[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def components(self, idx: Sequence[int]) -> list[list[int]]:
-        comps: dict[int, list[int]] = {}
-        for i in idx:
-            comps.setdefault(self.find(i), []).append(i)
-        return sorted(comps.values(), key=lambda c: c[0])
 
 
 __all__ = ["AuditReport", "DuplicateGroup", "Member", "audit_datasets", "named_datasets"]
