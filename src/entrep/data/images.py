@@ -1,21 +1,28 @@
-"""Safe image loading: every mode becomes 8-bit RGB, bad files give one clear line.
+"""Safe image loading, the one way entrep reads an image: every mode becomes 8-bit RGB.
 
-Palette, grayscale, 16-bit, RGBA/LA (composited on black, the endoscope
-surround) all become RGB. Truncated, empty or non-image files raise
-:class:`ImageError` naming the file; :func:`load_images` can skip them with a
-warning instead. Decompression bombs are refused (``MAX_PIXELS``).
+- Only the documented formats are decoded (PNG, JPEG, BMP, TIFF, WebP). The
+  file's first bytes are checked before any decoder runs, and Pillow is told
+  to try only those formats: EPS, PDF, GIF, ... get one line, never a decoder.
+- EXIF orientation is applied (``ImageOps.exif_transpose``), so training,
+  prediction, thumbnails and the web page all see the image upright.
+- Palette, grayscale, 16-bit (I;16 / I, scaled without a float64 copy),
+  float, RGBA/LA (composited on black, the endoscope surround) become RGB.
+- Truncated, empty or non-image files raise :class:`ImageError` naming the
+  file; :func:`load_images` can skip them with a warning instead.
+  Decompression bombs are refused (``MAX_PIXELS``).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from struct import error as struct_error
 import warnings
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from entrep.errors import EntrepError
 
@@ -24,26 +31,64 @@ log = logging.getLogger(__name__)
 #: Largest image accepted, in pixels (about 16k x 11k). Endoscopy frames are 640x480.
 MAX_PIXELS = 178_956_970
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Pillow format names entrep decodes; nothing else reaches a decoder.
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+#: Formats recognised only to name them in the refusal.
+_REFUSED = ((b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"), (b"GIF8", "GIF"),
+            (b"\x00\x00\x00\x0cjP", "JPEG 2000"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"),
+            (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"))
+_ROWS = 256  # rows per chunk when scaling 16-bit / float images
 
 
 class ImageError(EntrepError, ValueError):
     """An image that cannot be used; the message names the file and the problem."""
 
 
+def sniff_format(head: bytes) -> str | None:
+    """The entrep format a file's first bytes announce (PNG, JPEG, BMP, TIFF, WEBP), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for sig, fmt in _SIGNATURES:
+        if head.startswith(sig):
+            return fmt
+    return None
+
+
+def _refusal(label: str, head: bytes) -> ImageError:
+    known = next((name for sig, name in _REFUSED if head.lstrip().startswith(sig)), None)
+    if known is None and head[128:132] == b"DICM":
+        known = "DICOM"
+    what = f"a {known} file" if known else "not an image file entrep reads"
+    return ImageError(f"{label}: {what}; entrep reads PNG, JPEG, BMP, TIFF and WebP images")
+
+
+def _scaled_to_uint8(im: Image.Image) -> np.ndarray:
+    """8-bit grey of a 16-bit/32-bit integer or float image, a few rows at a time (no float64 copy)."""
+    a = np.asarray(im)
+    out = np.empty(a.shape, dtype=np.uint8)
+    if im.mode == "F":
+        finite = a[np.isfinite(a)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        for r in range(0, a.shape[0], _ROWS):
+            part = np.nan_to_num(a[r:r + _ROWS].astype(np.float32), nan=lo, posinf=hi, neginf=lo)
+            out[r:r + _ROWS] = np.clip((part - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+        return out
+    hi = 65535 if im.mode.startswith("I;16") or (a.size and int(a.max()) > 255) else 255
+    for r in range(0, a.shape[0], _ROWS):
+        part = np.clip(a[r:r + _ROWS].astype(np.int64), 0, hi)
+        out[r:r + _ROWS] = ((part * 255 + hi // 2) // hi).astype(np.uint8)
+    return out
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (16-bit scaled down, alpha on black)."""
     if im.mode == "RGB":
         return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
-    if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        return Image.fromarray(np.nan_to_num(a).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_scaled_to_uint8(im), "L").convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa"):
@@ -53,50 +98,79 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(source: str | Path | bytes, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open an image file (or bytes) fully and return it as 8-bit RGB.
+def upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (rotate/mirror as the camera meant); no copy when upright."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: keep the pixels as stored
+        log.debug("unreadable EXIF block ignored", exc_info=True)
+        return im
+    if orientation in (None, 1):
+        return im
+    return ImageOps.exif_transpose(im)
 
-    Raises :class:`ImageError` with a one-line message naming the file.
+
+def load_rgb(source: str | Path | bytes, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file (or bytes) fully and return it upright (EXIF orientation) as 8-bit RGB.
+
+    Only PNG, JPEG, BMP, TIFF and WebP are decoded; anything else is refused
+    from its first bytes. Raises :class:`ImageError` with a one-line message
+    naming the file.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<upload>")
     if isinstance(source, bytes):
         if not source:
             raise ImageError(f"{label}: empty file")
+        head = source[:160]
         fp = io.BytesIO(source)
     else:
         p = Path(source)
-        if not p.exists():
-            raise ImageError(f"{label}: file not found")
-        if p.is_dir():
-            raise ImageError(f"{label}: is a folder, not an image")
-        if p.stat().st_size == 0:
-            raise ImageError(f"{label}: empty file")
+        try:
+            if not p.exists():
+                raise ImageError(f"{label}: file not found")
+            if p.is_dir():
+                raise ImageError(f"{label}: is a folder, not an image")
+            if p.stat().st_size == 0:
+                raise ImageError(f"{label}: empty file")
+            with open(p, "rb") as f:
+                head = f.read(160)
+        except OSError as e:
+            raise ImageError(f"{label}: cannot read file ({e.strerror or e})") from None
         fp = p
+    if sniff_format(head) is None:
+        raise _refusal(label, head)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as im:
+            with Image.open(fp, formats=list(FORMATS)) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageError(f"{label}: image too large ({w}x{h} pixels; limit {max_pixels})")
                 im.load()
-                out = to_rgb(im)
+                out = to_rgb(upright(im))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{label}: refused as a decompression bomb (over {max_pixels} pixels)") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image file (unrecognised format)") from None
+        raise ImageError(f"{label}: corrupt image (its header is not valid {sniff_format(head)})") from None
     except OSError as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower() or "premature" in msg.lower() or "broken" in msg.lower():
             raise ImageError(f"{label}: truncated or corrupt image ({msg})") from None
         raise ImageError(f"{label}: cannot read image ({msg})") from None
-    except (SyntaxError, ValueError) as e:  # PIL raises these for some corrupt headers
-        raise ImageError(f"{label}: corrupt image ({e})") from None
+    except (SyntaxError, ValueError, TypeError, IndexError, struct_error) as e:  # PIL raises these for some corrupt headers
+        raise ImageError(f"{label}: corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if out.size[0] == 0 or out.size[1] == 0:
         raise ImageError(f"{label}: image has zero size")
     return out
+
+
+def load_rgb_bytes(data: bytes, *, name: str = "<upload>", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """:func:`load_rgb` for uploaded bytes; ``name`` is used in messages."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"{name}: expected image bytes, got {type(data).__name__}")
+    return load_rgb(bytes(data), name=name, max_pixels=max_pixels)
 
 
 def load_images(paths: Iterable[str | Path], *, skip_bad: bool = False) -> tuple[list[Image.Image], list[int]]:
@@ -119,4 +193,5 @@ def load_images(paths: Iterable[str | Path], *, skip_bad: bool = False) -> tuple
 
 
 def is_image_file(path: Path) -> bool:
+    """A visible file whose suffix is one of the documented image formats."""
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
