@@ -280,3 +280,87 @@ def test_load_rgb_bad_files_one_line_naming_file(tmp_path):
     with pytest.raises(ImageError) as e:
         load_rgb(good, max_pixels=1000)
     assert "good.png" in _one_line(e) and "64x64" in str(e.value)
+
+
+# ---------------------------------------------------------------- nothing silently wrong
+def test_cls_json_image_listed_twice(tmp_path, caplog):
+    root = tmp_path / "d"
+    _png(root / "imgs" / "a.png")
+    _png(root / "imgs" / "b.png", seed=1)
+    (root / "cls.json").write_text('{"a.png": "nose-left", "b.png": "throat", "a.png": "ear-left"}')
+    with pytest.raises(DataError) as e:
+        read_dataset(root)
+    assert "a.png (nose-left vs ear-left)" in _one_line(e)
+    (root / "cls.json").write_text('{"a.png": "nose-left", "b.png": "throat", "a.png": "Nose_Left"}')
+    with caplog.at_level(logging.WARNING):
+        ds = read_dataset(root)
+    assert len(ds) == 2 and "listed twice with the same label" in caplog.text
+
+
+def test_t2i_caption_repeated_keeps_every_query(tmp_path, caplog):
+    root = _entrep(tmp_path / "train")
+    (root / "t2i.json").write_text('{"a polyp": "img0.png", "a polyp": "img3.png"}')
+    with caplog.at_level(logging.WARNING):
+        ds = read_dataset(root)
+    assert sorted(ds.text_queries) == [("a polyp", "img0.png"), ("a polyp", "img3.png")]
+    assert "appear more than once" in caplog.text
+
+
+def test_manifest_queries_as_a_string_is_one_query(tmp_path):
+    _png(tmp_path / "a.png")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "label": "throat", "queries": "red throat"}) + "\n")
+    ds = read_dataset(tmp_path / "m.jsonl")
+    assert ds.text_queries == [("red throat", "a.png")]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "label": "throat", "queries": {"x": 1}}) + "\n")
+    with pytest.raises(DataError) as e:
+        read_dataset(tmp_path / "m.jsonl")
+    assert "m.jsonl:1: 'queries' must be a list" in _one_line(e)
+
+
+def test_list_valued_descriptions_are_joined(tmp_path):
+    _png(tmp_path / "a.png")
+    data = [{"Path": "a.png", "Classification": "throat", "DescriptionEN": ["red mucosa", "  ", "no ulcer"],
+             "Description": ["niêm mạc đỏ", "không loét"]}]
+    (tmp_path / "data.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    r = read_dataset(tmp_path).records[0]
+    assert r.text == "red mucosa; no ulcer" and r.text_vi == "niêm mạc đỏ; không loét"
+    data[0]["DescriptionEN"] = {"en": "x"}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    with pytest.raises(DataError) as e:
+        read_dataset(tmp_path)
+    assert "a.png: a description must be text" in _one_line(e)
+
+
+def test_class_folders_with_symlink_loops_and_markup_names(tmp_path, caplog):
+    import os
+
+    root = tmp_path / "folders"
+    _png(root / "left ear" / "[left] ear 0042.png")
+    _png(root / "right ear" / "b.png", seed=1)
+    os.symlink(root / "left ear" / "loop.png", root / "left ear" / "loop.png")  # a link to itself
+    os.symlink(root, root / "right ear" / "again")  # a folder link back up: not followed
+    with caplog.at_level(logging.WARNING):
+        ds = read_dataset(root)
+    assert sorted(r.name for r in ds) == ["[left] ear 0042.png", "b.png"]
+    assert "loop.png" in caplog.text and "symlink loops" in caplog.text
+    assert ds.taxonomy.mirror_of("left ear") == "right ear"
+
+
+def test_vietnamese_names_match_across_unicode_normalisations(tmp_path):
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "tai_trái_01.png")
+    _png(tmp_path / "imgs" / nfd)
+    (tmp_path / "cls.json").write_text(json.dumps({unicodedata.normalize("NFC", "tai_trái_01.png"): "ear-left"}))
+    assert [r.image.name for r in read_dataset(tmp_path)] == [nfd]
+
+
+def test_query_csv_header_row_is_skipped_with_a_warning(tmp_path, caplog):
+    p = tmp_path / "q.csv"
+    p.write_text("query\na polyp in the nose\n")
+    with caplog.at_level(logging.WARNING):
+        assert read_queries(p) == ["a polyp in the nose"]
+    assert "looks like a column header" in caplog.text
+    p.write_text("query\n")
+    with pytest.raises(DataError, match="q.csv: query file is empty"):
+        read_queries(p)

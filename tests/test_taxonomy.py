@@ -139,3 +139,9 @@ def test_wrongly_typed_taxonomy_fields_are_one_line_errors():
                 {"classes": "a b"}, {"classes": []}):
         with pytest.raises(TaxonomyError):
             Taxonomy.from_dict(bad, source="t.yaml")
+
+
+def test_infer_pairs_only_a_left_with_a_right():
+    t = infer_taxonomy(["left ear", "right ear", "knee-left", "knee_left"])
+    assert t.mirror_of("left ear") == "right ear"
+    assert t.mirror_of("knee-left") == "knee-left"  # two spellings of one side are no mirror pair

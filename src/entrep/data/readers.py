@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,9 @@ LAYOUTS = (
     "JSONL manifest (.jsonl)",
 )
 _SHOW = 5  # how many names an error or warning lists
+#: A first CSV row equal to one of these is a column header, not a query.
+_HEADER_WORDS = frozenset({"query", "queries", "text", "caption", "image", "images", "file", "filename",
+                           "file name", "path", "name", "query_image", "query_text", "query,image"})
 
 
 # ---------------------------------------------------------------- public API
@@ -148,6 +152,9 @@ def read_queries(csv_path: str | Path) -> list[str]:
                 queries.append(q)
     except csv.Error as e:
         raise DataError(f"{p}: malformed CSV ({e})") from None
+    if queries and queries[0].strip().strip('"').lower() in _HEADER_WORDS:
+        log.warning("%s: first row %r looks like a column header, not a query; skipped", p, queries[0])
+        queries = queries[1:]
     if not queries:
         raise DataError(f"{p}: query file is empty")
     return queries
@@ -196,6 +203,7 @@ def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
     cls_file = cls_file or root / "cls.json"
     cls = cls_data if cls_data is not None else _load_json(cls_file)
     _check_str_map(cls_file, cls, "{\"<file>.png\": \"<class>\"}")
+    _check_repeated_labels(cls_file, cls, tax)
     finder = _ImageFinder(root, cls_file)
     labels = {name: _label(cls_file, tax, lab, name) for name, lab in cls.items()}
 
@@ -204,6 +212,9 @@ def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
     if i2i_file.is_file():
         i2i = _load_json(i2i_file)
         _check_str_map(i2i_file, i2i, "{\"<file>.png\": \"<file>.png\"}")
+        if _repeats(i2i):
+            log.warning("%s: %d image(s) listed twice; the first pair of each is used: %s", i2i_file,
+                        len(_repeats(i2i)), ", ".join(list(_repeats(i2i))[:_SHOW]))
         for a, b in i2i.items():
             pairs[a] = b
         for a, b in i2i.items():
@@ -216,8 +227,14 @@ def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
     if t2i_file.is_file():
         t2i = _load_json(t2i_file)
         _check_str_map(t2i_file, t2i, "{\"<English caption>\": \"<file>.png\"}")
-        _warn_unknown(t2i_file, set(t2i.values()), labels)
-        for text, name in t2i.items():
+        pairs_t2i = list(t2i.items()) + [(t, n) for t, extra in _repeats(t2i).items() for n in extra[1:]]
+        if _repeats(t2i):
+            log.warning("%s: %d caption(s) appear more than once; each occurrence is kept as a query: %s", t2i_file,
+                        len(_repeats(t2i)), "; ".join(list(_repeats(t2i))[:3]))
+        _warn_unknown(t2i_file, {n for _, n in pairs_t2i if isinstance(n, str)}, labels)
+        for text, name in pairs_t2i:
+            if not isinstance(name, str):
+                raise DataError(f"{t2i_file}: value for {text!r} must be a string, got {json.dumps(name)[:40]}")
             text = text.strip()
             if name in labels and text:
                 captions.setdefault(name, []).append(text)
@@ -264,8 +281,8 @@ def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_ba
         if img is None:
             missing.append(name)
             continue
-        rec = Record(image=img, label=label, text=_findings(d.get("descriptionen")),
-                     text_vi=_findings(d.get("description")))
+        rec = Record(image=img, label=label, text=_findings(d.get("descriptionen"), data_file, name),
+                     text_vi=_findings(d.get("description"), data_file, name))
         old = by_name.get(str(img))
         if old is not None:
             if old.label != rec.label:
@@ -325,16 +342,19 @@ class _ImageFinder:
                 for e in it:
                     if e.is_file():
                         self._exact[e.name] = d / e.name
-                        self._lower[e.name.lower()] = d / e.name
+                        self._lower[_fold(e.name)] = d / e.name
         self.case_fixed: list[str] = []
 
     def find(self, name: str) -> Path | None:
         if "/" in name or "\\" in name:  # a path relative to the folder
-            p = (self.root / name.replace("\\", "/")).resolve()
-            return p if p.is_file() else self.find(Path(name.replace("\\", "/")).name)
+            try:
+                p: Path | None = (self.root / name.replace("\\", "/")).resolve()
+            except (OSError, RuntimeError):  # symlink loop
+                p = None
+            return p if p is not None and p.is_file() else self.find(Path(name.replace("\\", "/")).name)
         if name in self._exact:
             return self._exact[name]
-        hit = self._lower.get(name.lower())
+        hit = self._lower.get(_fold(name))
         if hit is not None:
             self.case_fixed.append(f"{name} -> {hit.name}")
         return hit
@@ -347,6 +367,11 @@ class _ImageFinder:
             )
 
 
+def _fold(name: str) -> str:
+    """Case- and Unicode-normalisation-insensitive key (NFC; macOS stores Vietnamese names as NFD)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _find_image_dir(root: Path, *, require_subdir: bool = False) -> Path | None:
     for d in IMAGE_DIRS:
         if d == "." and require_subdir:
@@ -357,19 +382,49 @@ def _find_image_dir(root: Path, *, require_subdir: bool = False) -> Path | None:
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
-    """Visible sub-folders holding images (searched recursively), with their image files."""
+    """Visible sub-folders holding images (searched recursively, symlinked folders not followed).
+
+    Broken links, symlink loops and unreadable folders are skipped with one warning.
+    """
     out: dict[str, list[Path]] = {}
-    for sub in sorted(root.iterdir()):
+    skipped: list[str] = []
+    try:
+        subs = sorted(root.iterdir())
+    except OSError as e:
+        raise DataError(f"{root}: cannot list folder ({e.strerror or e})") from None
+    for sub in subs:
         if not sub.is_dir() or sub.name.startswith((".", "__")):
             continue
         files = []
-        for dirpath, dirnames, filenames in os.walk(sub):
+        for dirpath, dirnames, filenames in os.walk(sub, onerror=lambda e: skipped.append(str(e.filename))):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files += [Path(dirpath, f).resolve() for f in sorted(filenames)
-                      if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+            for f in sorted(filenames):
+                if f.startswith(".") or Path(f).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                path = Path(dirpath, f)
+                try:
+                    files.append(path.resolve(strict=True))
+                except (OSError, RuntimeError):  # broken link or symlink loop
+                    skipped.append(str(path))
         if files:
             out[sub.name] = files
+    if skipped:
+        log.warning("%s: skipped %d unreadable entr%s (broken links, symlink loops): %s", root, len(skipped),
+                    "y" if len(skipped) == 1 else "ies", ", ".join(skipped[:_SHOW]))
     return out
+
+
+class _JsonObject(dict):
+    """A JSON object that remembers keys the file repeats (``json`` keeps only the last)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__()
+        self.repeated: dict[str, list[Any]] = {}
+        for k, v in pairs:
+            if k in self:
+                self.repeated.setdefault(k, [self[k]]).append(v)
+                continue  # the first occurrence wins; callers decide whether a repeat is an error
+            self[k] = v
 
 
 def _load_json(p: Path) -> Any:
@@ -380,9 +435,38 @@ def _load_json(p: Path) -> Any:
     except UnicodeDecodeError as e:
         raise DataError(f"{p}: not UTF-8 text (byte {e.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_JsonObject)
     except json.JSONDecodeError as e:
         raise DataError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{p}: malformed JSON (nested too deeply)") from None
+
+
+def _repeats(data: Any) -> dict[str, list[Any]]:
+    return getattr(data, "repeated", {}) or {}
+
+
+def _label_or_self(tax: Taxonomy, label: str) -> str:
+    try:
+        return tax.normalise_label(label)
+    except TaxonomyError:
+        return label
+
+
+def _check_repeated_labels(p: Path, data: Any, tax: Taxonomy) -> None:
+    """cls.json naming one image twice: an error with two labels, a warning with the same one."""
+    rep = _repeats(data)
+    conflicts = []
+    for name, labels in rep.items():
+        distinct = list(dict.fromkeys(str(lab) for lab in labels))
+        if len({_label_or_self(tax, x) for x in distinct}) > 1:
+            conflicts.append(f"{name} ({' vs '.join(distinct)})")
+    if conflicts:
+        raise DataError(f"{p}: {len(conflicts)} image(s) listed twice with different labels: "
+                        f"{', '.join(conflicts[:_SHOW])}; keep one label per image")
+    if rep:
+        log.warning("%s: %d image(s) listed twice with the same label: %s", p, len(rep),
+                    ", ".join(list(rep)[:_SHOW]))
 
 
 def _check_str_map(p: Path, data: Any, shape: str) -> None:
@@ -409,10 +493,15 @@ def _warn_unknown(p: Path, names: set[str], known: dict[str, str]) -> None:
         log.warning("%s: %d name(s) not in cls.json ignored: %s", p, len(unknown), ", ".join(unknown[:_SHOW]))
 
 
-def _findings(v: Any) -> str | None:
-    """Several findings separated by CRLF/LF -> one string joined by '; '."""
-    if not isinstance(v, str):
+def _findings(v: Any, source: Path, name: str) -> str | None:
+    """Several findings (separated by CRLF/LF, or a JSON list of strings) -> one string joined by '; '."""
+    if v is None:
         return None
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        v = "\n".join(v)
+    if not isinstance(v, str):
+        raise DataError(f"{source}: {name}: a description must be text or a list of texts, "
+                        f"got {json.dumps(v, ensure_ascii=False)[:40]}")
     parts = [s.strip() for s in re.split(r"\r\n|\r|\n", v)]
     return "; ".join(s for s in parts if s) or None
 

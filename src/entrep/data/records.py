@@ -129,22 +129,27 @@ def read_manifest(path: str | Path, taxonomy: Taxonomy = ENT, *, check_files: bo
         if check_files and not img.is_file():
             raise DataError(f"{path}:{no}: image file not found: {img}")
         label = d.get("label")
+        if label is not None and not isinstance(label, str):
+            raise DataError(f"{path}:{no}: 'label' must be a class name, got {json.dumps(label)[:40]}")
         if label is not None:
             try:
-                label = taxonomy.normalise_label(str(label))
+                label = taxonomy.normalise_label(label)
             except TaxonomyError as e:
                 raise DataError(f"{path}:{no}: {e}") from None
+        if label is not None and not isinstance(label, str):
+            raise DataError(f"{path}:{no}: 'label' must be a class name, got {json.dumps(label)[:40]}")
+        where = f"{path}:{no}"
         rec = Record(
             image=img,
             label=label,
-            text=_opt_str(d.get("text")),
-            text_vi=_opt_str(d.get("text_vi")),
-            pair=_opt_str(d.get("pair")),
-            group=_opt_str(d.get("group")),
+            text=_text(d.get("text"), where, "text"),
+            text_vi=_text(d.get("text_vi"), where, "text_vi"),
+            pair=_name(d.get("pair"), where, "pair"),
+            group=_name(d.get("group"), where, "group"),
         )
         records.append(rec)
-        for q in d.get("queries") or []:  # extra t2i captions for this image
-            text_queries.append((str(q), rec.name))
+        for q in _queries(d.get("queries"), where):  # extra t2i captions for this image
+            text_queries.append((q, rec.name))
     if not records:
         raise DataError(f"{path}: manifest has no records")
     return Dataset(records=records, root=root, taxonomy=taxonomy, text_queries=text_queries, source=str(path))
@@ -172,11 +177,35 @@ def write_manifest(path: str | Path, records: Iterable[Record], *, text_queries:
     return write_text_atomic(path, "\n".join(out) + ("\n" if out else ""))
 
 
-def _opt_str(v) -> str | None:
+def _text(v, where: str, key: str) -> str | None:
+    """A caption: text, or a list of texts (several findings) joined by '; '."""
     if v is None:
         return None
-    s = str(v).strip()
-    return s or None
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        v = "; ".join(x.strip() for x in v if x.strip())
+    if not isinstance(v, str):
+        raise DataError(f"{where}: {key!r} must be text or a list of texts, got {json.dumps(v)[:40]}")
+    return v.strip() or None
+
+
+def _name(v, where: str, key: str) -> str | None:
+    """A file name or group id: text, or a number (patient ids are often numbers)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise DataError(f"{where}: {key!r} must be text, got {json.dumps(v)[:40]}")
+    return str(v).strip() or None
+
+
+def _queries(v, where: str) -> list[str]:
+    """``queries``: a list of captions; one caption given as a plain string counts as one query."""
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(q, str) for q in v):
+        raise DataError(f"{where}: 'queries' must be a list of captions, got {json.dumps(v)[:40]}")
+    return [q.strip() for q in v if q.strip()]
 
 
 __all__ = ["DataError", "Dataset", "Record", "read_manifest", "write_manifest", "replace"]

@@ -67,7 +67,7 @@ def infer_taxonomy(class_names: Iterable[str], name: str = "inferred") -> Taxono
     When every name is an ENT class name (any spelling) the built-in ENT
     taxonomy is used, with its official ids. Otherwise a taxonomy of exactly
     these names: classes sorted by name, and where two names differ only by a
-    trailing left/right they become a mirror pair in a shared group (so flips
+    left/right (leading or trailing) they become a mirror pair in a shared group (so flips
     swap their labels); with no such pair the taxonomy is flat.
     """
     names = sorted({str(n) for n in class_names})
@@ -82,14 +82,18 @@ def infer_taxonomy(class_names: Iterable[str], name: str = "inferred") -> Taxono
         return ent
     groups: dict[str, str] = {}
     mirrors: dict[str, str] = {}
-    side = re.compile(r"^(?P<g>.+?)[\s_\-]+(?P<s>left|right)$", re.IGNORECASE)
+    side = re.compile(r"^(?:(?P<g>.+?)[\s_\-]+(?P<s>left|right)|(?P<s2>left|right)[\s_\-]+(?P<g2>.+))$",
+                      re.IGNORECASE)
     by_group: dict[str, list[str]] = {}
+    sides: dict[str, str] = {}
     for n in names:
         m = side.match(n)
         if m:
-            by_group.setdefault(m.group("g"), []).append(n)
+            g = m.group("g") or m.group("g2")
+            sides[n] = (m.group("s") or m.group("s2")).lower()
+            by_group.setdefault(g, []).append(n)
     for g, members in by_group.items():
-        if len(members) == 2:
+        if len(members) == 2 and sides[members[0]] != sides[members[1]]:
             a, b = members
             mirrors[a], mirrors[b] = b, a
             groups[a] = groups[b] = g
