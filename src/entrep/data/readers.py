@@ -274,7 +274,7 @@ def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_ba
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{data_file}: entry {i} has no 'Path'")
         if not isinstance(label, str):
-            raise DataError(f"{data_file}: entry {i} ({name}) has no 'Classification'")
+            raise DataError(f"{data_file}: entry {i} ({_show(name)}) has no 'Classification'")
         name = name.strip()
         label = _label(data_file, tax, label, name)
         img = finder.find(name)
@@ -286,7 +286,7 @@ def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_ba
         old = by_name.get(str(img))
         if old is not None:
             if old.label != rec.label:
-                raise DataError(f"{data_file}: {name} is listed twice, as {old.label!r} and {rec.label!r}")
+                raise DataError(f"{data_file}: {_show(name)} is listed twice, as {old.label!r} and {rec.label!r}")
             repeated += 1
             continue
         by_name[str(img)] = rec
@@ -460,7 +460,7 @@ def _check_repeated_labels(p: Path, data: Any, tax: Taxonomy) -> None:
     for name, labels in rep.items():
         distinct = list(dict.fromkeys(str(lab) for lab in labels))
         if len({_label_or_self(tax, x) for x in distinct}) > 1:
-            conflicts.append(f"{name} ({' vs '.join(distinct)})")
+            conflicts.append(f"{_show(name)} ({' vs '.join(_show(x) for x in distinct)})")
     if conflicts:
         raise DataError(f"{p}: {len(conflicts)} image(s) listed twice with different labels: "
                         f"{', '.join(conflicts[:_SHOW])}; keep one label per image")
@@ -477,12 +477,17 @@ def _check_str_map(p: Path, data: Any, shape: str) -> None:
             raise DataError(f"{p}: value for {k!r} must be a string, got {json.dumps(v)[:40]}")
 
 
+def _show(text: str) -> str:
+    """A name as it can appear in a one-line message (control characters escaped)."""
+    return text if text.isprintable() else repr(text)
+
+
 def _label(source: Path, tax: Taxonomy, label: str, name: str) -> str:
     try:
         return tax.normalise_label(label)
     except TaxonomyError:
         raise DataError(
-            f"{source}: {name}: unknown label {label!r}; known labels: {', '.join(tax.classes)}"
+            f"{source}: {_show(name)}: unknown label {label!r}; known labels: {', '.join(tax.classes)}"
             " (pass --taxonomy FILE for other classes)"
         ) from None
 
@@ -500,7 +505,7 @@ def _findings(v: Any, source: Path, name: str) -> str | None:
     if isinstance(v, list) and all(isinstance(x, str) for x in v):
         v = "\n".join(v)
     if not isinstance(v, str):
-        raise DataError(f"{source}: {name}: a description must be text or a list of texts, "
+        raise DataError(f"{source}: {_show(name)}: a description must be text or a list of texts, "
                         f"got {json.dumps(v, ensure_ascii=False)[:40]}")
     parts = [s.strip() for s in re.split(r"\r\n|\r|\n", v)]
     return "; ".join(s for s in parts if s) or None
@@ -509,7 +514,7 @@ def _findings(v: Any, source: Path, name: str) -> str | None:
 def _handle_missing(source: Path, missing: list[str], skip_bad: bool) -> None:
     if not missing:
         return
-    shown = ", ".join(missing[:_SHOW]) + (", ..." if len(missing) > _SHOW else "")
+    shown = ", ".join(_show(m) for m in missing[:_SHOW]) + (", ..." if len(missing) > _SHOW else "")
     if not skip_bad:
         raise DataError(f"{source}: {len(missing)} image file(s) not found: {shown} (use --skip-bad to skip them)")
     log.warning("%s: skipped %d record(s) whose image file is missing: %s", source, len(missing), shown)
