@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -47,7 +48,7 @@ def audit(
     typer.echo(report.summary())
     if json_out is not None:
         write_json_atomic(json_out, report.to_json())
-        console.print(f"wrote {json_out}", highlight=False)
+        console.print(f"wrote {escape(str(json_out))}", highlight=False)
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -74,12 +75,12 @@ def split(
     for name in splits:
         table.add_column(name, justify="right")
     for c in ds.taxonomy.classes:
-        table.add_row(c, *(str(sum(r.label == c for r in part.records)) for part in splits.values()))
+        table.add_row(escape(c), *(str(sum(r.label == c for r in part.records)) for part in splits.values()))
     table.add_row("total", *(str(len(part)) for part in splits.values()), style="bold")
     console.print(table)
     groups = splits.info["groups"]
     console.print(f"{groups['n_groups']} groups ({groups['multi_image_groups']} with several images, "
                   f"{groups['duplicate_sets']} sets of byte-identical files) kept whole", highlight=False)
     for path in written.values():
-        console.print(f"wrote {path}", highlight=False)
-    console.print(f"wrote {path.parent / 'split.json'}", highlight=False)
+        console.print(f"wrote {escape(str(path))}", highlight=False)
+    console.print(f"wrote {escape(str(path.parent / 'split.json'))}", highlight=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from entrep.cli.app import app, console, emit_json
 
@@ -36,7 +37,7 @@ def synth(
 def _print_summary(s: dict) -> None:
     from rich.table import Table
 
-    console.print(f"synthetic ENTRep data written to {s['out']} in {s['seconds']} s", highlight=False)
+    console.print(f"synthetic ENTRep data written to {escape(str(s['out']))} in {s['seconds']} s", highlight=False)
     t = Table()
     t.add_column("class")
     t.add_column("train", justify="right")
@@ -58,4 +59,4 @@ def _print_summary(s: dict) -> None:
         console.print(f"queries/: cls.csv ({q['n_cls']} images), i2i.csv ({q['n_i2i']}), t2i.csv ({q['n_t2i']} captions), "
                       "imgs/, answers.json")
     for k, v in s["paths"].items():
-        console.print(f"  {k:13s} {v}", highlight=False)
+        console.print(f"  {k:13s} {escape(str(v))}", highlight=False)
