@@ -100,6 +100,7 @@ class MetricHead:
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=1e-4)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         self.history_ = {"loss": [], "mirror_negative_share": [], "val_recall_at_1": []}
+        self.n_features_in_ = X.shape[1]
         best, best_state = -1.0, None
         for _ in range(self.epochs):
             net.train()
@@ -126,7 +127,6 @@ class MetricHead:
                     best, best_state = r1, {k: v.clone() for k, v in net.state_dict().items()}
         if best_state is not None:
             net.load_state_dict(best_state)
-        self.n_features_in_ = X.shape[1]
         self.net_ = net.eval()
         return self
 
