@@ -206,3 +206,11 @@ def test_split_hashes_go_through_the_one_memo(tmp_path):
     assert memo.last_computed == 10
     b = split_dataset(ds, seed=0, hashes=memo)
     assert memo.last_reused == 10 and _names(a) == _names(b)
+
+
+def test_a_split_folder_with_an_empty_part_audits_as_its_non_empty_parts(tmp_path):
+    from entrep.data.audit import named_datasets
+
+    ds = _dataset(tmp_path / "imgs", {"nose-left": 6, "throat": 6})
+    write_splits(split_dataset(ds, ratios=(0.5, 0.5, 0.0)), tmp_path / "split")
+    assert set(named_datasets([tmp_path / "split"])) == {"train", "val"}

@@ -161,12 +161,22 @@ def read_queries(csv_path: str | Path) -> list[str]:
 
 
 def find_split_manifests(folder: str | Path) -> dict[str, Path] | None:
-    """``{"train": .../train.jsonl, ...}`` when ``folder`` holds split manifests, else None."""
+    """``{"train": .../train.jsonl, ...}`` when ``folder`` holds split manifests, else None.
+
+    Empty manifests (a part with no records, as ``write_splits`` writes them) are left out.
+    """
     f = Path(folder)
     if not f.is_dir():
         return None
-    found = {n: f / f"{n}.jsonl" for n in SPLIT_NAMES if (f / f"{n}.jsonl").is_file()}
+    found = {n: f / f"{n}.jsonl" for n in SPLIT_NAMES if _non_empty(f / f"{n}.jsonl")}
     return found if len(found) >= 2 else None
+
+
+def _non_empty(p: Path) -> bool:
+    try:
+        return p.is_file() and p.stat().st_size > 0
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- layouts
@@ -185,7 +195,7 @@ def _read_folder(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
             f"{p}: holds split manifests ({', '.join(f.name for f in splits.values())}); pass one of them, "
             "e.g. {0}".format(next(iter(splits.values())))
         )
-    manifests = [f for f in p.glob("*.jsonl") if not f.name.startswith(".")]
+    manifests = [f for f in p.glob("*.jsonl") if not f.name.startswith(".") and _non_empty(f)]
     if len(manifests) == 1:
         return _read_jsonl(manifests[0], taxonomy, skip_bad)
     classes = _class_folders(p)
