@@ -13,35 +13,36 @@ Routes (OpenAPI schema at /openapi.json, readable reference at /docs):
 - ``GET /report``: the model's evaluation report (report.html), when it has one.
 
 The model is loaded once and shared. Sync endpoints run in FastAPI's thread
-pool; model calls are serialised by one lock (each call already uses torch's
-intra-op threads, and the featurizer/feature cache are not written for
-concurrent use), while thumbnails and metadata are served without it.
+pool; decoding and inference hold a bounded number of work slots and model
+calls are serialised by one lock (see :mod:`entrep.server.state`), while
+thumbnails and metadata are served without them. Text queries are embedded in
+memory (:mod:`entrep.server.queries`), never written to the feature cache.
+Middleware (:mod:`entrep.server.limits`) refuses other hosts (DNS rebinding),
+cross-site browser requests and over-size bodies before any route runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-
-import io
 import logging
-import re
-import threading
-from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from entrep.data.images import MAX_PIXELS, ImageError, load_rgb
+from entrep.data.images import MAX_PIXELS
 from entrep.errors import EntrepError, ModelError, UserError
 from entrep.server.apidocs import render_api_docs
-from entrep.server.limits import BodyLimit, HostCheck, SecurityHeaders
+from entrep.server.hosts import HostPolicy, is_loopback
+from entrep.server.limits import BodyLimit, HostCheck, SameOrigin, SecurityHeaders
+from entrep.server.queries import DEFAULT_TEXT_QUERIES
+from entrep.server.state import DEFAULT_MAX_CONCURRENT, DEFAULT_QUEUE_TIMEOUT_S, ServerState, label_parts
 
 log = logging.getLogger(__name__)
+
+__all__ = ["create_app", "is_loopback", "label_parts"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Room for multipart boundaries and the small form fields around the file.
@@ -49,158 +50,27 @@ MULTIPART_OVERHEAD = 64 * 1024
 #: Largest upload decoded, in pixels (about 8k x 6k; endoscopy frames are 640x480).
 SERVER_MAX_PIXELS = min(MAX_PIXELS, 50_000_000)
 K_MAX = 100
-THUMB_SIZE = 256
-THUMB_CACHE_ITEMS = 2048
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 IMAGE_FILTERS = ("fine", "coarse", "none")
 TEXT_FILTERS = ("none", "auto")
 
 ERROR_RESPONSES = {
-    400: {"description": "Bad input (e.g. empty, truncated or corrupt image)"},
+    400: {"description": "Bad input (e.g. empty, truncated or corrupt image, a field sent twice)"},
+    403: {"description": "Cross-site request from another web page"},
     413: {"description": "Upload larger than the server's limit"},
-    415: {"description": "Upload is not an image"},
+    415: {"description": "Upload is not an image in a supported format"},
     422: {"description": "Missing or invalid field (e.g. no file, k out of range, unknown filter)"},
+    503: {"description": "Server busy (every work slot taken for the queue timeout); retry"},
 }
 
 
-def _tokens(name: str) -> list[str]:
-    return [t for t in re.split(r"[\s_\-]+", name) if t]
-
-
-def label_parts(taxonomy, label: str) -> dict[str, str | None]:
-    """Side or state of a fine class within its group, derived from the taxonomy.
-
-    The part of the class name that is not the group name: ``nose-left`` in
-    group ``nose`` -> side ``left``; ``vc-open`` in group ``vc`` -> state ``open``.
-    It is a *side* when the class has a mirror partner (laterality), else a
-    *state*; both are None when the group has a single class (``throat``).
-    """
-    group = taxonomy.group_of(label)
-    if len(taxonomy.members(group)) < 2:
-        return {"side": None, "state": None}
-    group_tokens = {t.lower() for t in _tokens(group)}
-    rest = "-".join(t for t in _tokens(label) if t.lower() not in group_tokens) or label
-    if label in taxonomy.mirrors:
-        return {"side": rest, "state": None}
-    return {"side": None, "state": rest}
-
-
-def _meta(item: Any, key: str) -> Any:
-    """A field of a gallery metadata row (GalleryItem or dict)."""
-    if isinstance(item, dict):
-        return item.get(key)
-    return getattr(item, key, None)
-
-
-class ServerState:
-    """Everything the routes share: the model, its lock, limits and the thumbnail cache."""
-
-    def __init__(self, model, *, hide_names: bool, max_upload_bytes: int, max_pixels: int,
-                 report_dir: Path | None) -> None:
-        self.model = model
-        self.lock = threading.Lock()
-        self.hide_names = hide_names
-        self.max_upload_bytes = int(max_upload_bytes)
-        self.max_pixels = int(max_pixels)
-        if report_dir is None and model.path is not None:
-            report_dir = Path(model.path) / "report"
-        self.report_file = (Path(report_dir) / "report.html") if report_dir is not None else None
-        self._thumbs: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
-        self._thumb_lock = threading.Lock()
-
-    # ---- facts ------------------------------------------------------------
-    @property
-    def taxonomy(self):
-        return self.model.taxonomy
-
-    @property
-    def gallery_size(self) -> int:
-        g = self.model.gallery
-        return 0 if g is None else len(g)
-
-    @property
-    def has_report(self) -> bool:
-        return self.report_file is not None and self.report_file.is_file()
-
-    def describe_limit(self, limit: int | None = None) -> str:
-        return f"upload too large: the limit is {self.max_upload_bytes / 1024 / 1024:.1f} MB per image"
-
-    # ---- inputs -----------------------------------------------------------
-    def read_image(self, upload: UploadFile) -> Image.Image:
-        """Decode an uploaded image safely; HTTP 4xx with a one-line reason otherwise."""
-        data = upload.file.read(self.max_upload_bytes + 1)
-        if len(data) > self.max_upload_bytes:
-            raise HTTPException(413, self.describe_limit(self.max_upload_bytes))
-        name = "upload" if self.hide_names else (upload.filename or "upload")
-        try:
-            image = load_rgb(data, name=name, max_pixels=self.max_pixels)
-            # the upload's content hash: search never returns the query itself when it is in the gallery
-            image.info["sha256"] = hashlib.sha256(data).hexdigest()
-            return image
-        except ImageError as e:
-            status = 415 if "not an image" in str(e) else 400
-            raise HTTPException(status, str(e)) from None
-
-    def require_gallery(self) -> None:
-        if self.gallery_size == 0:
-            raise HTTPException(409, "this model has no gallery to search; build one with "
-                                     "`entrep index --model MODEL --gallery DATA`")
-
-    # ---- outputs ----------------------------------------------------------
-    def prediction(self, pred: dict, filename: str | None = None) -> dict:
-        """A prediction with group and side/state; no file name when names are hidden."""
-        label = pred["label"]
-        out = {"label": label, "label_id": pred.get("label_id", self.taxonomy.class_id(label)),
-               "group": pred.get("group") or self.taxonomy.group_of(label), **label_parts(self.taxonomy, label),
-               "confidence": float(pred["confidence"]), "source": pred["source"]}
-        if "probabilities" in pred:
-            out["probabilities"] = pred["probabilities"]
-        if filename and not self.hide_names:
-            out["image"] = filename
-        return out
-
-    def hit(self, h: dict) -> dict:
-        """A search result with its thumbnail URL; ids, labels, scores, captions only when names are hidden."""
-        out = {"id": int(h["id"]), "score": float(h["score"]), "label": h.get("label"), "group": h.get("group"),
-               "caption": h.get("caption"), "thumb": f"/api/gallery/{int(h['id'])}/thumb"}
-        if not self.hide_names:
-            out["name"] = h.get("name")
-            out["image"] = h.get("image")
-        return out
-
-    # ---- thumbnails -------------------------------------------------------
-    def thumbnail(self, item_id: int) -> tuple[bytes, str]:
-        """JPEG thumbnail bytes and ETag of gallery row ``item_id`` (HTTP 404 when unknown or missing)."""
-        with self._thumb_lock:
-            cached = self._thumbs.get(item_id)
-            if cached is not None:
-                self._thumbs.move_to_end(item_id)
-                return cached
-        gallery = self.model.gallery
-        if gallery is None:
-            raise HTTPException(404, f"no gallery image with id {item_id} (this model has no gallery)")
-        try:
-            meta = gallery.metadata_for([item_id])[0]
-        except (UserError, KeyError, IndexError):
-            raise HTTPException(404, f"no gallery image with id {item_id}") from None
-        path = Path(str(_meta(meta, "path") or ""))
-        if not path.is_absolute() and self.model.path is not None:
-            path = Path(self.model.path) / path
-        try:
-            im = load_rgb(path)
-        except ImageError as e:
-            log.warning("thumbnail of gallery id %d: %s", item_id, e)
-            raise HTTPException(404, f"gallery image {item_id} is missing or unreadable on the server") from None
-        im.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85, optimize=True)
-        tag = _meta(meta, "content_hash") or _meta(meta, "hash") or str(int(path.stat().st_mtime_ns))
-        out = (buf.getvalue(), f'"{item_id}-{str(tag)[:16]}"')
-        with self._thumb_lock:
-            self._thumbs[item_id] = out
-            while len(self._thumbs) > THUMB_CACHE_ITEMS:
-                self._thumbs.popitem(last=False)
-        return out
+async def one_part_per_field(request: Request) -> None:
+    """Refuse a multipart form that sends a field twice (two ``file`` parts would silently use the last)."""
+    form = await request.form()
+    seen: set[str] = set()
+    for key, _value in form.multi_items():
+        if key in seen:
+            raise HTTPException(400, f"the form field {key!r} was sent more than once; send one image per request")
+        seen.add(key)
 
 
 def _static_dir() -> Path:
@@ -214,27 +84,34 @@ def _norm_filter(value: str | None) -> str | None:
 
 def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = SERVER_MAX_PIXELS, report_dir: str | Path | None = None,
-               allowed_hosts: list[str] | tuple[str, ...] | None = LOOPBACK_HOSTS, warmup: bool = False) -> FastAPI:
+               host: str = "127.0.0.1", allow_hosts: tuple[str, ...] | list[str] = (),
+               max_concurrent: int = DEFAULT_MAX_CONCURRENT, queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+               text_queries: int = DEFAULT_TEXT_QUERIES, warmup: bool = False) -> FastAPI:
     """Build the web app around a model folder (loaded once here) or an already loaded model.
 
-    ``hide_names``: no gallery file names or paths in any response.
+    ``hide_names``: no gallery file names, paths or internal error details in any response.
     ``max_upload_bytes``: largest accepted image upload (larger -> 413, refused before reading).
     ``max_pixels``: largest decoded image (decompression-bomb guard).
     ``report_dir``: folder holding report.html (default: MODEL/report).
-    ``allowed_hosts``: Host headers served (loopback names by default, which blocks DNS-rebinding
-    pages from reading results); ``None`` or ``["*"]`` serves any host.
+    ``host`` / ``allow_hosts``: the bind address and extra names; together they decide which
+    ``Host`` headers are answered (:class:`entrep.server.hosts.HostPolicy`; ``"*"`` answers any).
+    ``max_concurrent`` / ``queue_timeout_s``: requests decoding or inferring at once, and how long
+    the others wait for a slot before 503.
+    ``text_queries``: text-query vectors kept in memory (least recently used dropped).
     ``warmup``: run one inference at start-up so the first request is not slow.
     """
     if isinstance(model, (str, Path)):
-        from entrep.model import load_model
+        import entrep
 
-        model = load_model(model)
+        model = entrep.load(model)
     if max_upload_bytes < 1:
         raise UserError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
     state = ServerState(model, hide_names=hide_names, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                        report_dir=Path(report_dir) if report_dir is not None else None)
+                        report_dir=Path(report_dir) if report_dir is not None else None,
+                        max_concurrent=max_concurrent, queue_timeout_s=queue_timeout_s, text_queries=text_queries)
+    policy = HostPolicy.for_bind(host, tuple(allow_hosts))
     if warmup:
-        with state.lock:
+        with state.inference():
             model.predict([Image.new("RGB", (64, 64), (90, 40, 40))])
 
     app = FastAPI(
@@ -245,13 +122,23 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
         docs_url=None, redoc_url=None,
     )
     app.state.entrep = state
-    # The last added runs first: security headers on everything, then the Host check, then the body limit.
+    app.state.host_policy = policy
+    # The last added runs first: security headers on everything, then the Host check, the
+    # cross-site check, then the body limit.
     app.add_middleware(BodyLimit, max_body_bytes=max_upload_bytes + MULTIPART_OVERHEAD,
                        describe=state.describe_limit)
-    if allowed_hosts and "*" not in allowed_hosts:
-        app.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(SameOrigin)
+    app.add_middleware(HostCheck, policy=policy)
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
+
+    def internal(request: Request, exc: Exception, what: str) -> JSONResponse:
+        log.error("%s on %s: %s", what, request.url.path, exc, exc_info=not isinstance(exc, EntrepError))
+        if state.hide_names or not isinstance(exc, EntrepError):  # details may name files on the server
+            detail = f"{what} while answering this request (details are in the server's log)"
+        else:
+            detail = str(exc).splitlines()[0] if str(exc) else what
+        return JSONResponse({"detail": detail}, status_code=500)
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError):
@@ -259,12 +146,17 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
 
     @app.exception_handler(ModelError)
     async def _model_error(request: Request, exc: ModelError):
-        log.error("model error on %s: %s", request.url.path, exc)
-        return JSONResponse({"detail": str(exc)}, status_code=500)
+        return internal(request, exc, "model error")
 
     @app.exception_handler(EntrepError)
     async def _entrep_error(request: Request, exc: EntrepError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        if state.hide_names:
+            return internal(request, exc, "error")
+        return JSONResponse({"detail": str(exc).splitlines()[0]}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return internal(request, exc, "internal error")
 
     # ---- page ------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -302,10 +194,12 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
 
     # ---- inference -------------------------------------------------------
     @app.post("/api/classify", summary="Classify one uploaded image", responses=ERROR_RESPONSES)
-    def classify(file: UploadFile = File(..., description="The image (PNG, JPEG, BMP, TIFF, WebP).")):
-        image = state.read_image(file)
-        with state.lock:
-            pred = model.predict([image])[0]
+    def classify(file: UploadFile = File(..., description="The image (PNG, JPEG, BMP, TIFF, WebP)."),
+                 _one: None = Depends(one_part_per_field)):
+        with state.work():
+            image = state.read_image(file)
+            with state.inference():
+                pred = model.predict([image])[0]
         return state.prediction(pred, file.filename)
 
     @app.get("/api/search", summary="Text -> gallery images", responses=ERROR_RESPONSES)
@@ -322,8 +216,8 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
             raise HTTPException(422, f"filter {flt!r} needs an image query; for text use none, auto, "
                                      "a class or a group")
         state.require_gallery()
-        with state.lock:
-            res = search_text(model, q, k=k, filter=flt, hide_names=state.hide_names)
+        with state.work(), state.inference():
+            res = search_text(state.searcher, q, k=k, filter=flt, hide_names=state.hide_names)
         return {"query": {"kind": "text", "text": q}, "filter": res.get("filter", flt),
                 "classes": res.get("classes"), "order": res.get("order", "score"),
                 "results": [state.hit(h) for h in res["results"]]}
@@ -337,6 +231,7 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
         filter_query: str | None = Query(None, alias="filter",
                                          description="fine (the predicted class; default), coarse (its group), "
                                                      "none, a class or a group."),
+        _one: None = Depends(one_part_per_field),
     ):
         from entrep.retrieval.search import search_image
 
@@ -346,9 +241,10 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
             raise HTTPException(422, "filter 'auto' is for text queries; for images use fine, coarse, none, "
                                      "a class or a group")
         state.require_gallery()
-        image = state.read_image(file)
-        with state.lock:
-            res = search_image(model, image, k=k, filter=flt, hide_names=state.hide_names)
+        with state.work():
+            image = state.read_image(file)
+            with state.inference():
+                res = search_image(model, image, k=k, filter=flt, hide_names=state.hide_names)
         return {"query": {"kind": "image", **({} if state.hide_names or not file.filename else {"image": file.filename})},
                 "prediction": state.prediction(res["prediction"]), "filter": res.get("filter", flt),
                 "results": [state.hit(h) for h in res["results"]]}
@@ -382,16 +278,3 @@ def _version() -> str:
         return version("entrep")
     except Exception:  # noqa: BLE001 - not installed (running from a source tree)
         return "0"
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` only accepts connections from this machine."""
-    import ipaddress
-
-    h = host.strip().strip("[]").lower()
-    if h == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        return False

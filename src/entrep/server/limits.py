@@ -9,6 +9,9 @@ before the endpoint could look at its size.
 :class:`SecurityHeaders` adds headers that keep the page same-origin only:
 no sniffing, no referrer, no framing, and a Content-Security-Policy per route
 (the page loads nothing from outside, which also means it works air-gapped).
+
+:class:`HostCheck` (DNS rebinding) and :class:`SameOrigin` (cross-site
+uploads) keep other web sites' pages out.
 """
 
 from __future__ import annotations
@@ -76,28 +79,69 @@ class BodyLimit:
 
 
 class HostCheck:
-    """Answer only requests whose Host header names an allowed host (JSON 400 otherwise).
+    """Answer only requests whose Host header the :class:`~entrep.server.hosts.HostPolicy` allows (JSON 400).
 
     A loopback server that answers any Host can be read by a web page on
     another site through DNS rebinding; checking Host closes that hole.
     """
 
-    def __init__(self, app, allowed_hosts) -> None:
+    def __init__(self, app, policy) -> None:
         self.app = app
-        self.allowed = {h.lower().strip("[]") for h in allowed_hosts}
+        self.policy = policy
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
-        if host.startswith("["):  # [::1]:8000
-            host = host[1:host.find("]")] if "]" in host else host
-        elif host.count(":") == 1:
-            host = host.split(":", 1)[0]
-        if host not in self.allowed:
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if not self.policy.allows(host):
             for msg in _json_response(400, "invalid Host header: this server answers only "
-                                           f"{', '.join(sorted(self.allowed))}"):
+                                           f"{self.policy.describe()} (add a name with --allow-host)"):
+                await send(msg)
+            return
+        await self.app(scope, receive, send)
+
+
+_UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def cross_site_reason(method: str, path: str, headers: dict[bytes, bytes]) -> str | None:
+    """Why a request comes from another site's page (None when it is same-origin or a plain client).
+
+    Browsers send ``Sec-Fetch-Site`` (and ``Origin`` on POST); curl and Python
+    clients send neither and are served. A multipart upload needs no CORS
+    preflight, so without this any page the user visits could POST images.
+    Checked on every state-changing request and every ``/api/`` request.
+    """
+    if method not in _UNSAFE_METHODS and not path.startswith("/api/"):
+        return None
+    site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+    if site and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site}"
+    origin = headers.get(b"origin")
+    if origin is None or method not in _UNSAFE_METHODS:
+        return None
+    origin_s = origin.decode("latin-1").strip().lower()
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    if origin_s in (f"http://{host}", f"https://{host}"):
+        return None
+    return f"Origin {origin_s} is not this server ({host})"
+
+
+class SameOrigin:
+    """Refuse cross-site requests from browsers with 403 ``{"detail": ...}``."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reason = cross_site_reason(scope.get("method", "GET"), scope.get("path", ""), dict(scope.get("headers") or []))
+        if reason is not None:
+            for msg in _json_response(403, f"cross-site request refused ({reason}); use this server's own page "
+                                           "or a command-line client"):
                 await send(msg)
             return
         await self.app(scope, receive, send)

@@ -40,11 +40,18 @@ def serve_cmd(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.01, help="Largest image upload accepted, in MB."),
     report: Optional[Path] = typer.Option(None, "--report", help="Folder holding the report.html to link "
                                                                  "(default: MODEL/report, as `entrep demo` leaves it)."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Also answer requests addressed to this host "
+                                                                   "name (repeatable), e.g. the machine's LAN name. "
+                                                                   "The bind address and its loopback names are "
+                                                                   "always answered; '*' answers any (unsafe)."),
+    max_concurrent: int = typer.Option(2, "--max-concurrent", min=1, help="Requests decoding or running the model "
+                                                                          "at once (bounds memory); others queue, "
+                                                                          "then get 503."),
 ) -> None:
     """Serve the search page and HTTP API (http://HOST:PORT/, API reference at /docs)."""
     import uvicorn
 
-    from entrep.server.app import LOOPBACK_HOSTS, create_app, is_loopback
+    from entrep.server.app import create_app, is_loopback
 
     loopback = is_loopback(host)
     _check_port_free(host, port)
@@ -52,7 +59,8 @@ def serve_cmd(
     if report is not None and not (report / "report.html").is_file():
         raise UserError(f"{report}: no report.html in this folder; give the folder `entrep evaluate --report` wrote")
     web = create_app(model, hide_names=hide_names, max_upload_bytes=int(max_upload_mb * 1024 * 1024), report_dir=report,
-                     allowed_hosts=LOOPBACK_HOSTS if loopback else None, warmup=True)
+                     host=host, allow_hosts=tuple(allow_host), max_concurrent=max_concurrent,
+                     warmup=True)
     state = web.state.entrep
     if not loopback:
         console.print(
