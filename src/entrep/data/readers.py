@@ -19,21 +19,20 @@ import io
 import json
 import logging
 import os
-import re
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from entrep.data.images import IMAGE_SUFFIXES, ImageError, load_rgb
+from entrep.data.finder import IMAGE_DIRS, ImageFinder, class_folders, find_image_dir
+from entrep.data.images import ImageError, load_rgb
+from entrep.data.inputs import (SHOW, check_repeated_labels, check_str_map, findings_text, handle_missing, label_of,
+                                load_json, repeated_keys, show_name, warn_unknown)
 from entrep.data.records import DataError, Dataset, Record, read_manifest
-from entrep.taxonomy import ENT, Taxonomy, TaxonomyError, infer_taxonomy, load_taxonomy
+from entrep.taxonomy import ENT, Taxonomy, infer_taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
 
-#: Sub-folders searched for images next to cls.json / data.json, in order.
-IMAGE_DIRS = ("imgs", "images", ".")
 #: Manifests of a split folder written by :func:`entrep.data.split.write_splits`.
 SPLIT_NAMES = ("train", "val", "test")
 LAYOUTS = (
@@ -42,7 +41,6 @@ LAYOUTS = (
     "folder of class subfolders",
     "JSONL manifest (.jsonl)",
 )
-_SHOW = 5  # how many names an error or warning lists
 #: A first CSV row equal to one of these is a column header, not a query.
 _HEADER_WORDS = frozenset({"query", "queries", "text", "caption", "image", "images", "file", "filename",
                            "file name", "path", "name", "query_image", "query_text", "query,image"})
@@ -75,10 +73,10 @@ def _read_any(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
         if p.suffix.lower() == ".jsonl":
             return _read_jsonl(p, taxonomy, skip_bad)
         if p.suffix.lower() == ".json":
-            data = _load_json(p)
+            data = load_json(p)
             if isinstance(data, list):
                 return _read_public(p, data, taxonomy, skip_bad)
-            if isinstance(data, dict) and _find_image_dir(p.parent, require_subdir=True) is not None:
+            if isinstance(data, dict) and find_image_dir(p.parent, require_subdir=True) is not None:
                 return _read_entrep(p.parent, taxonomy, skip_bad, cls_file=p, cls_data=data)
             raise DataError(
                 f"{p}: JSON is neither a data.json list of records nor a cls.json mapping beside an imgs/ folder"
@@ -123,7 +121,7 @@ def read_datasets(
     if clash:
         log.warning(
             "%d file name(s) occur in more than one folder (pairs and captions match by name): %s",
-            len(clash), ", ".join(clash[:_SHOW]),
+            len(clash), ", ".join(clash[:SHOW]),
         )
     root = Path(os.path.commonpath([str(ds.root) for ds in parts]))
     queries = list(dict.fromkeys(q for ds in parts for q in ds.text_queries))
@@ -185,7 +183,7 @@ def _read_folder(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
     if (p / "cls.json").is_file():
         return _read_entrep(p, taxonomy, skip_bad)
     if (p / "data.json").is_file():
-        data = _load_json(p / "data.json")
+        data = load_json(p / "data.json")
         if not isinstance(data, list):
             raise DataError(f"{p / 'data.json'}: expected a JSON list of records, got {type(data).__name__}")
         return _read_public(p / "data.json", data, taxonomy, skip_bad)
@@ -198,7 +196,7 @@ def _read_folder(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
     manifests = [f for f in p.glob("*.jsonl") if not f.name.startswith(".") and _non_empty(f)]
     if len(manifests) == 1:
         return _read_jsonl(manifests[0], taxonomy, skip_bad)
-    classes = _class_folders(p)
+    classes = class_folders(p)
     if classes:
         if set(classes) <= {"imgs", "images"}:
             raise DataError(f"{p}: has an {next(iter(classes))}/ folder but no cls.json or data.json beside it")
@@ -211,37 +209,37 @@ def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
     """ENTRep training folder: cls.json labels, i2i.json pairs, t2i.json captions."""
     tax = taxonomy or ENT
     cls_file = cls_file or root / "cls.json"
-    cls = cls_data if cls_data is not None else _load_json(cls_file)
-    _check_str_map(cls_file, cls, "{\"<file>.png\": \"<class>\"}")
-    _check_repeated_labels(cls_file, cls, tax)
-    finder = _ImageFinder(root, cls_file)
-    labels = {name: _label(cls_file, tax, lab, name) for name, lab in cls.items()}
+    cls = cls_data if cls_data is not None else load_json(cls_file)
+    check_str_map(cls_file, cls, "{\"<file>.png\": \"<class>\"}")
+    check_repeated_labels(cls_file, cls, tax)
+    finder = ImageFinder(root, cls_file)
+    labels = {name: label_of(cls_file, tax, lab, name) for name, lab in cls.items()}
 
     pairs: dict[str, str] = {}
     i2i_file = root / "i2i.json"
     if i2i_file.is_file():
-        i2i = _load_json(i2i_file)
-        _check_str_map(i2i_file, i2i, "{\"<file>.png\": \"<file>.png\"}")
-        if _repeats(i2i):
+        i2i = load_json(i2i_file)
+        check_str_map(i2i_file, i2i, "{\"<file>.png\": \"<file>.png\"}")
+        if repeated_keys(i2i):
             log.warning("%s: %d image(s) listed twice; the first pair of each is used: %s", i2i_file,
-                        len(_repeats(i2i)), ", ".join(list(_repeats(i2i))[:_SHOW]))
+                        len(repeated_keys(i2i)), ", ".join(list(repeated_keys(i2i))[:SHOW]))
         for a, b in i2i.items():
             pairs[a] = b
         for a, b in i2i.items():
             pairs.setdefault(b, a)  # pairs are symmetric even where the file lists one direction
-        _warn_unknown(i2i_file, set(i2i) | set(i2i.values()), labels)
+        warn_unknown(i2i_file, set(i2i) | set(i2i.values()), labels)
 
     captions: dict[str, list[str]] = {}
     queries: list[tuple[str, str]] = []
     t2i_file = root / "t2i.json"
     if t2i_file.is_file():
-        t2i = _load_json(t2i_file)
-        _check_str_map(t2i_file, t2i, "{\"<English caption>\": \"<file>.png\"}")
-        pairs_t2i = list(t2i.items()) + [(t, n) for t, extra in _repeats(t2i).items() for n in extra[1:]]
-        if _repeats(t2i):
+        t2i = load_json(t2i_file)
+        check_str_map(t2i_file, t2i, "{\"<English caption>\": \"<file>.png\"}")
+        pairs_t2i = list(t2i.items()) + [(t, n) for t, extra in repeated_keys(t2i).items() for n in extra[1:]]
+        if repeated_keys(t2i):
             log.warning("%s: %d caption(s) appear more than once; each occurrence is kept as a query: %s", t2i_file,
-                        len(_repeats(t2i)), "; ".join(list(_repeats(t2i))[:3]))
-        _warn_unknown(t2i_file, {n for _, n in pairs_t2i if isinstance(n, str)}, labels)
+                        len(repeated_keys(t2i)), "; ".join(list(repeated_keys(t2i))[:3]))
+        warn_unknown(t2i_file, {n for _, n in pairs_t2i if isinstance(n, str)}, labels)
         for text, name in pairs_t2i:
             if not isinstance(name, str):
                 raise DataError(f"{t2i_file}: value for {text!r} must be a string, got {json.dumps(name)[:40]}")
@@ -262,7 +260,7 @@ def _read_entrep(root: Path, taxonomy: Taxonomy | None, skip_bad: bool, *,
     # pairs and captions name files as the JSON spells them; point them at the names on disk
     records = [replace(r, pair=on_disk.get(r.pair, r.pair)) if r.pair else r for r in records]
     finder.report_case_fixes()
-    _handle_missing(cls_file, missing, skip_bad)
+    handle_missing(cls_file, missing, skip_bad)
     names = {r.name for r in records}
     queries = [(t, on_disk[n]) for t, n in queries if on_disk.get(n) in names]
     return _dataset(cls_file, records, finder.root, tax, queries)
@@ -272,7 +270,7 @@ def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_ba
     """Public release data.json: Path, Classification, Description (vi), DescriptionEN."""
     tax = taxonomy or ENT
     root = data_file.parent.resolve()
-    finder = _ImageFinder(root, data_file)
+    finder = ImageFinder(root, data_file)
     records, missing = [], []
     by_name: dict[str, Record] = {}
     repeated = 0
@@ -284,19 +282,19 @@ def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_ba
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{data_file}: entry {i} has no 'Path'")
         if not isinstance(label, str):
-            raise DataError(f"{data_file}: entry {i} ({_show(name)}) has no 'Classification'")
+            raise DataError(f"{data_file}: entry {i} ({show_name(name)}) has no 'Classification'")
         name = name.strip()
-        label = _label(data_file, tax, label, name)
+        label = label_of(data_file, tax, label, name)
         img = finder.find(name)
         if img is None:
             missing.append(name)
             continue
-        rec = Record(image=img, label=label, text=_findings(d.get("descriptionen"), data_file, name),
-                     text_vi=_findings(d.get("description"), data_file, name))
+        rec = Record(image=img, label=label, text=findings_text(d.get("descriptionen"), data_file, name),
+                     text_vi=findings_text(d.get("description"), data_file, name))
         old = by_name.get(str(img))
         if old is not None:
             if old.label != rec.label:
-                raise DataError(f"{data_file}: {_show(name)} is listed twice, as {old.label!r} and {rec.label!r}")
+                raise DataError(f"{data_file}: {show_name(name)} is listed twice, as {old.label!r} and {rec.label!r}")
             repeated += 1
             continue
         by_name[str(img)] = rec
@@ -304,7 +302,7 @@ def _read_public(data_file: Path, data: list, taxonomy: Taxonomy | None, skip_ba
     if repeated:
         log.warning("%s: %d image(s) listed more than once; kept the first entry", data_file, repeated)
     finder.report_case_fixes()
-    _handle_missing(data_file, missing, skip_bad)
+    handle_missing(data_file, missing, skip_bad)
     return _dataset(data_file, records, root, tax, [])
 
 
@@ -314,7 +312,7 @@ def _read_class_folders(root: Path, classes: dict[str, list[Path]], taxonomy: Ta
     tax = taxonomy or infer_taxonomy(classes, name=root.name or "inferred")
     records = []
     for folder, files in sorted(classes.items()):
-        label = _label(root, tax, folder, f"class folder {folder!r}")
+        label = label_of(root, tax, folder, f"class folder {folder!r}")
         records += [Record(image=f, label=label) for f in files]
     return _dataset(root, records, root.resolve(), tax, [])
 
@@ -329,205 +327,12 @@ def _read_jsonl(p: Path, taxonomy: Taxonomy | None, skip_bad: bool) -> Dataset:
     kept, missing = [], []
     for r in ds.records:
         (kept if r.image.is_file() else missing).append(r)
-    _handle_missing(p, [str(r.image) for r in missing], skip_bad)
+    handle_missing(p, [str(r.image) for r in missing], skip_bad)
     names = {r.name for r in kept}
     return _dataset(p, kept, ds.root, tax, [q for q in ds.text_queries if q[1] in names])
 
 
 # ---------------------------------------------------------------- helpers
-class _ImageFinder:
-    """Resolve file names to image paths in imgs/, images/ or the folder itself.
-
-    Each folder is listed once; a name that only matches case-insensitively
-    (``_image05`` vs ``_Image05``) is resolved and counted for one warning.
-    """
-
-    def __init__(self, root: Path, source: Path):
-        self.root, self.source = root.resolve(), source
-        self.dirs = [self.root / d for d in IMAGE_DIRS if (self.root / d).is_dir()]
-        self._exact: dict[str, Path] = {}
-        self._lower: dict[str, Path] = {}
-        for d in reversed(self.dirs):  # earlier folders win
-            with os.scandir(d) as it:
-                for e in it:
-                    if e.is_file():
-                        self._exact[e.name] = d / e.name
-                        self._lower[_fold(e.name)] = d / e.name
-        self.case_fixed: list[str] = []
-
-    def find(self, name: str) -> Path | None:
-        if "/" in name or "\\" in name:  # a path relative to the folder
-            try:
-                p: Path | None = (self.root / name.replace("\\", "/")).resolve()
-            except (OSError, RuntimeError):  # symlink loop
-                p = None
-            return p if p is not None and p.is_file() else self.find(Path(name.replace("\\", "/")).name)
-        if name in self._exact:
-            return self._exact[name]
-        hit = self._lower.get(_fold(name))
-        if hit is not None:
-            self.case_fixed.append(f"{name} -> {hit.name}")
-        return hit
-
-    def report_case_fixes(self) -> None:
-        if self.case_fixed:
-            log.warning(
-                "%s: %d file name(s) matched only ignoring case, e.g. %s",
-                self.source, len(self.case_fixed), "; ".join(self.case_fixed[:3]),
-            )
-
-
-def _fold(name: str) -> str:
-    """Case- and Unicode-normalisation-insensitive key (NFC; macOS stores Vietnamese names as NFD)."""
-    return unicodedata.normalize("NFC", name).casefold()
-
-
-def _find_image_dir(root: Path, *, require_subdir: bool = False) -> Path | None:
-    for d in IMAGE_DIRS:
-        if d == "." and require_subdir:
-            continue
-        if (root / d).is_dir():
-            return root / d
-    return None
-
-
-def _class_folders(root: Path) -> dict[str, list[Path]]:
-    """Visible sub-folders holding images (searched recursively, symlinked folders not followed).
-
-    Broken links, symlink loops and unreadable folders are skipped with one warning.
-    """
-    out: dict[str, list[Path]] = {}
-    skipped: list[str] = []
-    try:
-        subs = sorted(root.iterdir())
-    except OSError as e:
-        raise DataError(f"{root}: cannot list folder ({e.strerror or e})") from None
-    for sub in subs:
-        if not sub.is_dir() or sub.name.startswith((".", "__")):
-            continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(sub, onerror=lambda e: skipped.append(str(e.filename))):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(filenames):
-                if f.startswith(".") or Path(f).suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                path = Path(dirpath, f)
-                try:
-                    files.append(path.resolve(strict=True))
-                except (OSError, RuntimeError):  # broken link or symlink loop
-                    skipped.append(str(path))
-        if files:
-            out[sub.name] = files
-    if skipped:
-        log.warning("%s: skipped %d unreadable entr%s (broken links, symlink loops): %s", root, len(skipped),
-                    "y" if len(skipped) == 1 else "ies", ", ".join(skipped[:_SHOW]))
-    return out
-
-
-class _JsonObject(dict):
-    """A JSON object that remembers keys the file repeats (``json`` keeps only the last)."""
-
-    def __init__(self, pairs: list[tuple[str, Any]]):
-        super().__init__()
-        self.repeated: dict[str, list[Any]] = {}
-        for k, v in pairs:
-            if k in self:
-                self.repeated.setdefault(k, [self[k]]).append(v)
-                continue  # the first occurrence wins; callers decide whether a repeat is an error
-            self[k] = v
-
-
-def _load_json(p: Path) -> Any:
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    try:
-        return json.loads(text, object_pairs_hook=_JsonObject)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except RecursionError:
-        raise DataError(f"{p}: malformed JSON (nested too deeply)") from None
-
-
-def _repeats(data: Any) -> dict[str, list[Any]]:
-    return getattr(data, "repeated", {}) or {}
-
-
-def _label_or_self(tax: Taxonomy, label: str) -> str:
-    try:
-        return tax.normalise_label(label)
-    except TaxonomyError:
-        return label
-
-
-def _check_repeated_labels(p: Path, data: Any, tax: Taxonomy) -> None:
-    """cls.json naming one image twice: an error with two labels, a warning with the same one."""
-    rep = _repeats(data)
-    conflicts = []
-    for name, labels in rep.items():
-        distinct = list(dict.fromkeys(str(lab) for lab in labels))
-        if len({_label_or_self(tax, x) for x in distinct}) > 1:
-            conflicts.append(f"{_show(name)} ({' vs '.join(_show(x) for x in distinct)})")
-    if conflicts:
-        raise DataError(f"{p}: {len(conflicts)} image(s) listed twice with different labels: "
-                        f"{', '.join(conflicts[:_SHOW])}; keep one label per image")
-    if rep:
-        log.warning("%s: %d image(s) listed twice with the same label: %s", p, len(rep),
-                    ", ".join(list(rep)[:_SHOW]))
-
-
-def _check_str_map(p: Path, data: Any, shape: str) -> None:
-    if not isinstance(data, dict):
-        raise DataError(f"{p}: expected a JSON object {shape}, got {type(data).__name__}")
-    for k, v in data.items():
-        if not isinstance(v, str):
-            raise DataError(f"{p}: value for {k!r} must be a string, got {json.dumps(v)[:40]}")
-
-
-def _show(text: str) -> str:
-    """A name as it can appear in a one-line message (control characters escaped)."""
-    return text if text.isprintable() else repr(text)
-
-
-def _label(source: Path, tax: Taxonomy, label: str, name: str) -> str:
-    try:
-        return tax.normalise_label(label)
-    except TaxonomyError:
-        raise DataError(
-            f"{source}: {_show(name)}: unknown label {label!r}; known labels: {', '.join(tax.classes)}"
-            " (pass --taxonomy FILE for other classes)"
-        ) from None
-
-
-def _warn_unknown(p: Path, names: set[str], known: dict[str, str]) -> None:
-    unknown = sorted(n for n in names if n not in known)
-    if unknown:
-        log.warning("%s: %d name(s) not in cls.json ignored: %s", p, len(unknown), ", ".join(unknown[:_SHOW]))
-
-
-def _findings(v: Any, source: Path, name: str) -> str | None:
-    """Several findings (separated by CRLF/LF, or a JSON list of strings) -> one string joined by '; '."""
-    if v is None:
-        return None
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        v = "\n".join(v)
-    if not isinstance(v, str):
-        raise DataError(f"{source}: {_show(name)}: a description must be text or a list of texts, "
-                        f"got {json.dumps(v, ensure_ascii=False)[:40]}")
-    parts = [s.strip() for s in re.split(r"\r\n|\r|\n", v)]
-    return "; ".join(s for s in parts if s) or None
-
-
-def _handle_missing(source: Path, missing: list[str], skip_bad: bool) -> None:
-    if not missing:
-        return
-    shown = ", ".join(_show(m) for m in missing[:_SHOW]) + (", ..." if len(missing) > _SHOW else "")
-    if not skip_bad:
-        raise DataError(f"{source}: {len(missing)} image file(s) not found: {shown} (use --skip-bad to skip them)")
-    log.warning("%s: skipped %d record(s) whose image file is missing: %s", source, len(missing), shown)
 
 
 def _drop_unreadable(ds: Dataset) -> Dataset:
@@ -558,4 +363,4 @@ def _dataset(source: Path, records: list[Record], root: Path, tax: Taxonomy, que
     return Dataset(records=records, root=root, taxonomy=tax, text_queries=queries, source=str(source))
 
 
-__all__ = ["read_dataset", "read_datasets", "read_queries", "find_split_manifests", "LAYOUTS"]
+__all__ = ["IMAGE_DIRS", "LAYOUTS", "SPLIT_NAMES", "find_split_manifests", "read_dataset", "read_datasets", "read_queries"]
