@@ -145,3 +145,10 @@ def test_infer_pairs_only_a_left_with_a_right():
     t = infer_taxonomy(["left ear", "right ear", "knee-left", "knee_left"])
     assert t.mirror_of("left ear") == "right ear"
     assert t.mirror_of("knee-left") == "knee-left"  # two spellings of one side are no mirror pair
+
+
+def test_a_misspelt_key_is_an_error_not_ignored(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text("classes: [a-left, a-right]\nmirror: [[a-left, a-right]]\n")
+    with pytest.raises(TaxonomyError, match=r"t.yaml: unknown key\(s\) \['mirror'\]; a taxonomy has name, classes"):
+        load_taxonomy(p)

@@ -19,6 +19,10 @@ import numpy as np
 from entrep.errors import EntrepError
 
 
+#: Keys of a taxonomy file, in documentation order.
+FIELDS = ("name", "classes", "groups", "mirrors", "prompts", "synonyms")
+
+
 class TaxonomyError(EntrepError, ValueError):
     """A taxonomy file or a label that does not fit the taxonomy."""
 
@@ -236,6 +240,9 @@ class Taxonomy:
     def from_dict(cls, d: Mapping, *, source: str = "taxonomy") -> "Taxonomy":
         if not isinstance(d, Mapping) or "classes" not in d:
             raise TaxonomyError(f"{source}: expected a mapping with a 'classes' list")
+        unknown = sorted(str(k) for k in d if k not in FIELDS)
+        if unknown:
+            raise TaxonomyError(f"{source}: unknown key(s) {unknown}; a taxonomy has {', '.join(FIELDS)}")
         classes = d["classes"]
         if isinstance(classes, Mapping):  # {id: name}
             try:
