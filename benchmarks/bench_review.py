@@ -45,13 +45,19 @@ def main() -> None:
     ap.add_argument("--train-n", type=int, default=420, help="synthetic training images when fitting")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-review-") as tmp:
+        figures = run(args, Path(tmp))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
 
+
+def run(args, work: Path) -> dict:
     import entrep
     from entrep.data.synthetic import generate
     from entrep.data.synthetic.exam import DEFAULT_ROUTE, ExamSpec, sites_in, write_exam
     from entrep.review import REASONS, review, smooth
 
-    work = Path(tempfile.mkdtemp(prefix="bench-review-"))
     t0 = time.perf_counter()
     if args.model is None:
         generate(work / "train", n=args.train_n, seed=args.seed + 100, queries=False)
@@ -90,7 +96,7 @@ def main() -> None:
         p = smooth(res.probabilities, res.times, method)
         per_frame[method] = {"accuracy": accuracy(p), "label_changes": switches(p)}
     shown = sites_in(truth)
-    figures = {
+    return {
         "exam": {"minutes": args.minutes, "frames": len(truth), "fps": 2.0, "defect_rate": 0.3,
                  "sites_shown": shown, "generate_s": gen_s},
         "model": {"path": str(args.model) if args.model else "fitted", "train_n": args.train_n, "fit_s": fit_s},
@@ -104,9 +110,6 @@ def main() -> None:
         "speed": {"review_s": round(review_s, 1), "frames_per_s": round(len(truth) / review_s, 2),
                   "realtime_factor": round(args.minutes * 60 / review_s, 2)},
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

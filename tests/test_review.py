@@ -31,6 +31,12 @@ def model(tiny_model_dir):
     return entrep.load(tiny_model_dir)
 
 
+def entrep_load(path):
+    import entrep
+
+    return entrep.load(path)
+
+
 def _truth(exam_dir):
     return json.loads((exam_dir / "truth.json").read_text())["frames"]
 
@@ -103,12 +109,16 @@ def test_html_escapes_names(model, tmp_path):
 
 
 def test_cli_review_and_calibrate(tiny_model_dir, exam_dir, tmp_path):
-    res = runner.invoke(app, ["review-calibrate", str(exam_dir / "frames"), "--out", str(tmp_path / "rc.yaml")])
+    good = [exam_dir / "frames" / f"frame_{t['frame']:05d}.png" for t in _truth(exam_dir) if t["defect"] is None]
+    res = runner.invoke(app, ["review-calibrate", *map(str, good), "--out", str(tmp_path / "rc.yaml")])
     assert res.exit_code == 0, res.output
-    from entrep.review import load_review_config
+    from entrep.review import load_review_config, review_exam
 
     cfg = load_review_config(tmp_path / "rc.yaml")
-    assert cfg.cleanse.min_sharpness > 0
+    assert 0 < cfg.cleanse.min_sharpness and 0 < cfg.cleanse.dark_brightness and 0 < cfg.cleanse.min_tissue
+    doc = review_exam(entrep_load(tiny_model_dir), exam_dir / "frames", config=cfg)
+    truth = _truth(exam_dir)
+    assert all(r["kept"] for r, t in zip(doc["frames"], truth) if t["defect"] is None)
     res = runner.invoke(app, ["review", str(exam_dir / "exam.mp4"), "--model", str(tiny_model_dir),
                               "--out", str(tmp_path / "out"), "--json", str(tmp_path / "r.json"),
                               "--require", "nose-left,ear-left"])
@@ -132,7 +142,7 @@ def test_web_review_of_frames_and_video(tiny_model_dir, exam_dir):
 
     from entrep.server.app import create_app
 
-    client = TestClient(create_app(tiny_model_dir))
+    client = TestClient(create_app(tiny_model_dir), base_url="http://127.0.0.1")
     pngs = sorted((exam_dir / "frames").glob("*.png"))[:8]
     files = [("files", (p.name, p.read_bytes(), "image/png")) for p in pngs]
     r = client.post("/api/review", files=files, data={"require": "nose-left"})

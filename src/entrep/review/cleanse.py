@@ -25,6 +25,7 @@ Reasons are checked in that order; the first that applies is the frame's reason.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -34,6 +35,8 @@ from PIL import Image
 from scipy import ndimage
 
 from entrep.errors import UserError
+
+log = logging.getLogger(__name__)
 
 HASH_SIZE = 16  # a 256-bit pHash: the audit's 64 bits cannot tell a still camera from slow motion
 REASONS = ("dark", "overexposed", "out_of_field", "blurred", "duplicate")
@@ -155,6 +158,11 @@ def calibrate(images: Iterable[Image.Image], *, base: CleanseConfig = CleanseCon
         raise UserError(f"calibration needs at least 5 good frames, got {len(qs)}")
     if not 0 < margin <= 1:
         raise UserError(f"calibration margin must be in (0, 1], got {margin}")
+
+    flagged = sum(drop_reason(q, None, base) is not None for q in qs)
+    if flagged > 0.1 * len(qs):
+        log.warning("%d of %d calibration frames fail the current thresholds (dark, blurred, ...); "
+                    "calibrate on good frames only, or the new thresholds will keep bad ones", flagged, len(qs))
 
     def p(vals, q):
         return float(np.percentile(np.asarray(vals, np.float64), q))
