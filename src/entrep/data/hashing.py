@@ -16,7 +16,7 @@ import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from entrep.data.records import DataError
 
@@ -47,9 +47,9 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def map_files(fn: Callable[[Path], T], paths: Sequence[str | Path], *,
+def map_files(fn: Callable[[Any], T], paths: Sequence[Any], *,
               progress: Callable[[int], None] | None = None, workers: int | None = None) -> list[T]:
-    """``fn`` over many files, a few threads at a time (file reads and hashing release the GIL)."""
+    """``fn`` over many files (or records), a few threads at a time (file reads, decoding and hashing release the GIL)."""
     out: list[T] = []
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         for res in pool.map(fn, paths):

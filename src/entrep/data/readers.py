@@ -19,12 +19,12 @@ import io
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from entrep.data.finder import IMAGE_DIRS, ImageFinder, class_folders, find_image_dir
+from entrep.data.hashing import map_files
 from entrep.data.images import ImageError, load_rgb
 from entrep.data.inputs import (SHOW, check_repeated_labels, check_str_map, findings_text, handle_missing, label_of,
                                 load_json, repeated_keys, show_name, warn_unknown)
@@ -345,8 +345,7 @@ def _drop_unreadable(ds: Dataset) -> Dataset:
         except ImageError as e:
             return str(e)
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        errors = list(pool.map(error, ds.records))
+    errors = map_files(error, ds.records)
     bad = [e for e in errors if e]
     if not bad:
         return ds
