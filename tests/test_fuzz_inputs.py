@@ -26,7 +26,8 @@ from entrep.errors import EntrepError
 from entrep.taxonomy import ENT, load_taxonomy
 
 #: cases per test; ENTREP_FUZZ_EXAMPLES=500 for a longer run
-FUZZ = settings(max_examples=int(os.environ.get("ENTREP_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow],
+FUZZ = settings(max_examples=int(os.environ.get("ENTREP_FUZZ_EXAMPLES", "60")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
                 database=None)
 
 _names = st.sampled_from(["a.png", "b.png", "A.PNG", "imgs/a.png", "../a.png", "", " ", "[left] ear 0042.png",
@@ -115,9 +116,11 @@ def test_manifest(lines, taxonomy):
         _valid_or_entrep_error(lambda: read_dataset(root / "imgs" / "m.jsonl"))
 
 
+_path_part = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=8)
+
+
 @FUZZ
-@given(layout=st.lists(st.tuples(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=8),
-                                 st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=8),
+@given(layout=st.lists(st.tuples(_path_part, _path_part,
                                  st.sampled_from([".png", ".jpg", ".txt", ""]),
                                  st.sampled_from(["png", "garbage", "empty", "loop"])), max_size=5),
        check=st.booleans())

@@ -49,7 +49,7 @@ def sha256_file(path: str | Path) -> str:
 
 def map_files(fn: Callable[[Any], T], paths: Sequence[Any], *,
               progress: Callable[[int], None] | None = None, workers: int | None = None) -> list[T]:
-    """``fn`` over many files (or records), a few threads at a time (file reads, decoding and hashing release the GIL)."""
+    """``fn`` over many files (or records), a few threads at a time (reads, decoding, hashing release the GIL)."""
     out: list[T] = []
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         for res in pool.map(fn, paths):

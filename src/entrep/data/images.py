@@ -159,7 +159,7 @@ def load_rgb(source: str | Path | bytes, *, name: str | None = None, max_pixels:
         if "truncated" in msg.lower() or "premature" in msg.lower() or "broken" in msg.lower():
             raise ImageError(f"{label}: truncated or corrupt image ({msg})") from None
         raise ImageError(f"{label}: cannot read image ({msg})") from None
-    except (SyntaxError, ValueError, TypeError, IndexError, struct_error) as e:  # PIL raises these for some corrupt headers
+    except (SyntaxError, ValueError, TypeError, IndexError, struct_error) as e:  # Pillow, for some corrupt headers
         raise ImageError(f"{label}: corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if out.size[0] == 0 or out.size[1] == 0:
         raise ImageError(f"{label}: image has zero size")

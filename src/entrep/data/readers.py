@@ -362,4 +362,5 @@ def _dataset(source: Path, records: list[Record], root: Path, tax: Taxonomy, que
     return Dataset(records=records, root=root, taxonomy=tax, text_queries=queries, source=str(source))
 
 
-__all__ = ["IMAGE_DIRS", "LAYOUTS", "SPLIT_NAMES", "find_split_manifests", "read_dataset", "read_datasets", "read_queries"]
+__all__ = ["IMAGE_DIRS", "LAYOUTS", "SPLIT_NAMES", "find_split_manifests", "read_dataset", "read_datasets",
+           "read_queries"]
