@@ -49,7 +49,7 @@ class CleanseConfig:
     dark_brightness: float = 45.0  # drop when the 95th luma percentile is below this
     overexposed_share: float = 0.2  # drop when more of the lit field than this is saturated
     min_tissue: float = 0.08  # drop when less of the frame than this is lit tissue
-    min_sharpness: float = 7.0  # drop when the Laplacian variance inside the field is below this
+    min_sharpness: float = 9.0  # drop when the Laplacian variance inside the field is below this
     duplicate_bits: int = 6  # drop when the pHash is within this many bits of the previous kept frame
     black_level: float = 16.0  # luma below this is outside the field of view
     tissue_chroma: float = 12.0  # red minus mean(green, blue) that makes a pixel "tissue"
