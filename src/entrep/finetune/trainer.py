@@ -226,10 +226,11 @@ def finetune_encoder(extractor, train, val, taxonomy, cfg, *, role: str = "head_
                 bar.set_postfix(loss=f"{total / seen:.4f}")
                 if callback is not None:
                     callback(epoch, step)
-            bar.close()
             entry = {"epoch": epoch + 1, "loss": total / seen, "seconds": time.perf_counter() - t0}
             if data_va is not None:
                 entry.update(_validate(everything, data_va, features, forward_emb, head, dev, precision, cfg.batch_size))
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", val_acc=f"{entry['val_acc']:.3f}")
+            bar.close()
             history.append(entry)
             score = (entry.get("val_acc", -entry["loss"]), -entry.get("val_loss", entry["loss"]))
             if best is None or score > tuple(best["score"]):
