@@ -187,3 +187,42 @@ def _check_not_blank(path: Path) -> None:
     buf = io.BytesIO()
     im.save(buf, "PNG")
     assert len(buf.getvalue()) > 20_000
+
+
+def test_file_names_with_markup_or_html_are_shown_as_text(browser, server, tmp_path):
+    _open(browser, server)
+    name = "[bold]left[/bold] <img src=x onerror=window.pwned=1> ear 0042.png"
+    bad = tmp_path / name
+    bad.write_text("not really a picture")
+    browser.find_element("id", "file-input").send_keys(str(bad))
+    _wait(browser, lambda d: d.find_element("id", "message").is_displayed(), "the error message")
+    assert browser.find_element("id", "message-text").text.startswith(name)
+    assert not browser.find_elements("css selector", "#message img")
+    assert browser.execute_script("return window.pwned === undefined")
+
+
+EVIL_PAGE = """<!doctype html><html><body><form id=f method=post enctype=multipart/form-data action="{target}">
+<input type=file name=file id=i></form><script>
+const dt = new DataTransfer();
+dt.items.add(new File([new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10])], "a.png", {{type: "image/png"}}));
+document.getElementById("i").files = dt.files;
+document.getElementById("f").submit();
+</script></body></html>"""
+
+
+def test_another_sites_page_cannot_post_an_upload(browser, server, tmp_path):
+    """A page elsewhere (here: another port) submitting a multipart form to the server gets 403."""
+    import functools
+    import http.server
+
+    (tmp_path / "evil.html").write_text(EVIL_PAGE.format(target=server + "/api/classify"), encoding="utf-8")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=evil.serve_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"http://127.0.0.1:{evil.server_address[1]}/evil.html")
+        _wait(browser, lambda d: "cross-site request refused" in d.page_source, "the refusal")
+    finally:
+        evil.shutdown()
+        evil.server_close()

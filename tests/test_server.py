@@ -605,6 +605,18 @@ def test_serve_warns_loudly_on_a_public_address(monkeypatch, tiny_model_dir):
     assert app.state.entrep.max_upload_bytes == 2 * 1024 * 1024
 
 
+def test_serve_host_policy_follows_the_bind_address_and_allow_host(monkeypatch, tiny_model_dir):
+    result, calls = _invoke_serve(monkeypatch, ["--model", str(tiny_model_dir), "--host", "127.0.0.2", "--port",
+                                                str(_free_port()), "--allow-host", "ent-pc.local",
+                                                "--max-concurrent", "3"])
+    assert result.exit_code == 0, result.output
+    (app, kw), = calls
+    policy = app.state.host_policy
+    assert policy.allows("127.0.0.2:8000") and policy.allows("ent-pc.local:8000") and policy.allows("localhost")
+    assert not policy.allows("evil.example:8000")
+    assert app.state.entrep.max_concurrent == 3
+
+
 def test_serve_links_a_report_folder_given_with_report(monkeypatch, tiny_model_dir, tmp_path):
     (tmp_path / "report.html").write_text("<html><title>other report</title></html>", encoding="utf-8")
     result, calls = _invoke_serve(monkeypatch, ["--model", str(tiny_model_dir), "--port", str(_free_port()),
