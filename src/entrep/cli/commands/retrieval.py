@@ -14,20 +14,22 @@ from entrep.errors import UserError
 @app.command("index")
 def index_cmd(
     model: Path = typer.Option(..., "--model", help="Model folder from `entrep fit`."),
-    gallery: Path = typer.Option(..., "--gallery", help="Images to search: any dataset layout, or a flat folder of images."),
+    gallery: Optional[Path] = typer.Option(None, "--gallery", help="Images to search: any dataset layout, or a flat folder of images."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Re-embed everything instead of updating (only new images are embedded by default)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Index from `entrep embed --out DIR` shards instead of images (encoders must match the model's)."),
+    engine: str = typer.Option("local", "--engine", help="local or ray: how --gallery images are embedded."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: start Ray here)."),
 ) -> None:
     """(Re)build the model's search index over a gallery; unchanged images are not re-embedded."""
-    from entrep.bundle import load_model, save_model
-    from entrep.pipeline import build_gallery
-    from entrep.retrieval.gallery import read_gallery
+    import entrep
+    from entrep.retrieval.shards import index_model
 
-    m = load_model(model)
-    ds = read_gallery(gallery, m.taxonomy)
-    if rebuild:
-        m.gallery = None
-    stats = build_gallery(m, ds)
-    save_model(m, model)
+    if (gallery is None) == (embeddings is None):
+        raise UserError("give exactly one of --gallery (images) or --embeddings (shards from `entrep embed`)")
+    m = entrep.load(model)
+    stats = index_model(m, gallery=gallery, embeddings=embeddings, engine=engine, ray_address=ray_address,
+                        rebuild=rebuild)
+    m.save(model)
     console.print(f"gallery of {stats['size']} images ({stats['added']} added, {stats['removed']} removed) saved in {model}")
     report = getattr(m.gallery, "build_report", None)
     if report:

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from entrep.data.records import Record, write_manifest
-from entrep.embed import export_embeddings
+from entrep.features.export import export_embeddings
 from entrep.encoders.profiles import Profile, get_profile, load_profile, profile_from_dict, resolve_profile
 from entrep.errors import UserError
 
@@ -40,7 +40,7 @@ def shared_cache(tmp_path_factory):
 
 def test_export_npz_is_row_aligned(manifest, tmp_path, caplog, shared_cache):
     out = tmp_path / "emb.npz"
-    with caplog.at_level(logging.INFO, logger="entrep.embed"):
+    with caplog.at_level(logging.INFO, logger="entrep.features.export"):
         assert export_embeddings(manifest, out, profile="offline", cache=shared_cache) == out
     z = np.load(out)  # plain arrays: no pickle needed
     n = len(LABELS)
@@ -81,7 +81,7 @@ def test_flip_view_export(manifest, tmp_path, shared_cache):
 
 
 def test_bad_outputs(manifest, tmp_path):
-    with pytest.raises(UserError, match=r"\.npz or \.parquet"):
+    with pytest.raises(UserError, match=r"a folder .*, or end in \.npz or \.parquet"):
         export_embeddings(manifest, tmp_path / "emb.csv")
     try:
         import pyarrow  # noqa: F401
@@ -139,3 +139,20 @@ def test_custom_profile_file_and_round_trip(tmp_path):
     bad.write_text(json.dumps({"base": "offline", "colour": "blue"}))
     with pytest.raises(UserError, match="colour"):
         load_profile(bad)
+
+
+def test_cli_embed_to_a_folder_of_shards(manifest, tmp_path, shared_cache):
+    from entrep.cli import app
+    from entrep.distribute import read_shards
+
+    out = tmp_path / "emb"
+    args = ["embed", str(manifest), "--out", str(out), "--cache", str(shared_cache), "--shard-rows", "3", "--no-progress"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    manifest_, cols = read_shards(out)
+    assert len(manifest_["shards"]) == 2 and cols["clip"].shape == (len(LABELS), 6400)
+    single = np.load(export_embeddings(manifest, tmp_path / "one.npz", cache=shared_cache))
+    np.testing.assert_allclose(cols["clip"], single["image_embeddings"], rtol=1e-6, atol=1e-6)
+    assert [str(x) for x in cols["label"]] == LABELS
+    bad = CliRunner().invoke(app, ["embed", str(manifest), "--out", str(tmp_path / "x.npz"), "--engine", "ray"])
+    assert isinstance(bad.exception, UserError) and "give a folder" in str(bad.exception)

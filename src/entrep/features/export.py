@@ -1,6 +1,8 @@
-"""Export image (and text) embeddings of a dataset as row-aligned arrays: ``entrep embed``.
+"""Export image (and text) embeddings of a dataset: ``entrep embed``.
 
-The file (``.npz``; ``.parquet`` when pyarrow is installed) holds, row-aligned
+``--out DIR`` (a folder) writes resumable Parquet shards plus a manifest
+through the distributor seam (:mod:`entrep.distribute`; ``local`` or ``ray``
+engine). ``--out FILE.npz`` keeps the single-file export below. The file (``.npz``; ``.parquet`` when pyarrow is installed) holds, row-aligned
 with the dataset's records:
 
 - ``image_embeddings``  (N, D) float32 from the profile's clip image encoder
@@ -85,12 +87,24 @@ def compute_embeddings(dataset, profile="offline", *, view: str = "orig", cache=
 
 
 def export_embeddings(dataset, out: str | Path, profile="offline", *, view: str = "orig", cache=None,
-                      batch_size: int = 32, progress: bool = False, device=None) -> Path:
-    """Compute and write embeddings atomically to ``out`` (.npz, or .parquet with pyarrow)."""
+                      batch_size: int = 32, progress: bool = False, device=None, engine: str = "local",
+                      ray_address: str | None = None, workers: int | None = None, shard_rows: int | None = None,
+                      model: str | Path | None = None, flips: bool = False) -> Path:
+    """Compute and write embeddings to ``out``: a folder of shards, or one .npz (.parquet) file, atomically.
+
+    ``engine``/``ray_address``/``workers``/``shard_rows``/``model``/``flips``
+    apply to the folder form (see :func:`export_shards`).
+    """
     out = Path(out)
     suffix = out.suffix.lower()
+    if not suffix or out.is_dir():
+        return export_shards(dataset, out, profile, view=view, cache=cache, batch_size=batch_size, device=device,
+                             engine=engine, ray_address=ray_address, workers=workers, shard_rows=shard_rows,
+                             model=model, flips=flips)
     if suffix not in (".npz", ".parquet"):
-        raise UserError(f"{out}: output must end in .npz or .parquet")
+        raise UserError(f"{out}: output must be a folder (resumable shards), or end in .npz or .parquet")
+    if engine != "local" or model is not None or flips:
+        raise UserError(f"{out}: --engine ray, --model and --flips write shards; give a folder as --out")
     if suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401
@@ -101,6 +115,27 @@ def export_embeddings(dataset, out: str | Path, profile="offline", *, view: str 
     (write_parquet if suffix == ".parquet" else write_npz)(out, res["arrays"], res["meta"])
     log.info("wrote %d embeddings to %s", len(res["arrays"]["paths"]), out)
     return out
+
+
+def export_shards(dataset, out: str | Path, profile="offline", *, view: str = "orig", cache=None,
+                  batch_size: int = 32, device=None, engine: str = "local", ray_address: str | None = None,
+                  workers: int | None = None, shard_rows: int | None = None, model: str | Path | None = None,
+                  flips: bool = False) -> Path:
+    """Embeddings as resumable Parquet shards + manifest in folder ``out`` (a rerun finishes what is missing)."""
+    from entrep.distribute import DEFAULT_SHARD_ROWS, EmbedSpec, embed_to_shards, get_engine
+
+    if isinstance(dataset, (str, Path)):
+        from entrep.data.readers import read_dataset
+
+        dataset = read_dataset(dataset)
+    root = getattr(cache, "root", cache)  # a FeatureCache or a folder
+    spec = EmbedSpec(profile=profile, model=str(model) if model is not None else None,
+                     cache=str(root) if root is not None else None, device=device, batch_size=batch_size,
+                     view=view, flips=flips)
+    manifest = embed_to_shards(dataset, out, spec, engine=get_engine(engine, address=ray_address, workers=workers),
+                               shard_rows=shard_rows or DEFAULT_SHARD_ROWS)
+    log.info("wrote %d shards (%d rows) to %s", len(manifest["shards"]), manifest["n_rows"], out)
+    return Path(out)
 
 
 def write_npz(out: Path, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
