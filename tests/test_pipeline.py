@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,3 +309,16 @@ def test_config_taxonomy_key_is_read(tmp_path):
 
     with pytest.raises(EntrepError, match="gamma"):  # the label is checked against the config's taxonomy
         fit_model(tmp_path / "m.jsonl", config=tmp_path / "cfg.yaml")
+
+
+def test_gallery_group_is_the_taxonomy_group_not_the_patient_key(tiny_model_dir, tmp_path):
+    from entrep.data.records import Dataset, Record
+    from entrep.retrieval.gallery import build_gallery
+
+    m = load_model(tiny_model_dir)
+    src = m.gallery.items[:2]
+    ds = Dataset(records=[Record(image=Path(it.path), label=it.label, group="patient-17") for it in src],
+                 root=tmp_path, taxonomy=m.taxonomy)
+    m.gallery = None
+    build_gallery(m, ds)
+    assert [it.group for it in m.gallery.items] == [ENT.group_of(it.label) for it in src]

@@ -49,7 +49,7 @@ def _check_readable(paths: list[Path]) -> None:
 
 def _adhoc_gallery(model, folder: Path):
     """A temporary index over the test images with predicted labels."""
-    from entrep.pipeline import _gallery_rows
+    from entrep.retrieval.gallery import gallery_rows
     from entrep.retrieval.gallery import images_in_folder
     from entrep.retrieval.index import GalleryIndex
 
@@ -58,7 +58,7 @@ def _adhoc_gallery(model, folder: Path):
         raise DataError(f"{folder}: no images to search")
     _check_readable(files)
     ds = Dataset(records=[Record(image=p.resolve()) for p in files], root=folder, taxonomy=model.taxonomy)
-    vecs, meta = _gallery_rows(model, ds)
+    vecs, meta = gallery_rows(model, ds)
     index = GalleryIndex(vecs.shape[1])
     index.add(vecs, meta)
     return index
@@ -66,7 +66,7 @@ def _adhoc_gallery(model, folder: Path):
 
 def make_submission(model, track: int, queries_csv: Path, images: Path, out: Path, *, filter: str | None = None) -> dict:
     from entrep.data.readers import read_queries
-    from entrep.retrieval.search import _text_query_vector, allowed_labels
+    from entrep.retrieval.search import text_query_vector, allowed_labels
     from entrep.submit import check_submission, unique_queries, write_submission
 
     queries = read_queries(queries_csv)
@@ -111,7 +111,7 @@ def make_submission(model, track: int, queries_csv: Path, images: Path, out: Pat
             if empty:
                 raise DataError(f"{queries_csv}: empty caption on a query line")
             u = model.embed_texts(uniq)
-            qv = _text_query_vector(model, u, gallery)
+            qv = text_query_vector(model, u, gallery)
             hits = gallery.search(qv.astype(np.float32), 1)
         answers = {}
         for qname, h in zip(uniq, hits):

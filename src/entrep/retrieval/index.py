@@ -855,7 +855,7 @@ def _make_item(id_: int, m, row: int) -> GalleryItem:
         d = {"path": str(m)}
     elif hasattr(m, "image") and hasattr(m, "label"):  # entrep.data.records.Record
         d = {"path": str(m.image), "name": Path(m.image).name, "label": m.label,
-             "group": getattr(m, "group", None), "caption": getattr(m, "text", None)}
+             "group": None, "caption": getattr(m, "text", None)}
     else:
         raise UserError(f"metadata entry {row} is a {type(m).__name__}; give a dict, GalleryItem, Record or path")
     path, name = d.get("path"), d.get("name")

@@ -122,7 +122,7 @@ def search_text(model, text: str, *, k: int = 10, filter: str = "none", hide_nam
         labels = allowed_labels(model, filter, None)
     u = model.embed_texts([text.strip()])
     # text lives in the joint space; the gallery may be in concat/head space
-    q = _text_query_vector(model, u, gallery)
+    q = text_query_vector(model, u, gallery)
     # look deeper than k so the other side of the region can be found for diversify_sides
     hits = gallery.search(q, k + 50, allowed=[labels] if labels is not None else None)[0]
     order_kind = "score"
@@ -162,7 +162,7 @@ def diversify_sides(ranked_labels: list, taxonomy) -> list[int]:
     return order
 
 
-def _text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
+def text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
     """Map a joint-space text vector into the gallery's space.
 
     For the concat space the text fills the joint block and leaves the head

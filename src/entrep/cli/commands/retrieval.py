@@ -47,7 +47,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {image, score, label}, best first."),
 ) -> None:
     """Search the model's gallery by text or by image."""
-    from entrep.bundle import load_model
+    from entrep.model import load_model
     from entrep.retrieval.search import search_image, search_text
 
     if (text is None) == (image is None):
@@ -87,7 +87,7 @@ def submit_cmd(
     filter: Optional[str] = typer.Option(None, "--filter", help="Track 2 candidate filter: fine (default), coarse or none."),
 ) -> None:
     """Write an ENTRep challenge submission: one JSON at the root of a zip, every query answered."""
-    from entrep.bundle import load_model
+    from entrep.model import load_model
     from entrep.challenge import make_submission
 
     if track not in (1, 2, 3):

@@ -2,15 +2,17 @@
 
 Layout under the cache root (``$ENTREP_CACHE`` or ``~/.cache/entrep/features``)::
 
-    file-hashes.sqlite                      path+size+mtime -> sha256 of the file bytes
-    <encoder>-<fingerprint[:20]>/<view>/
+    file-hashes.sqlite                      path+size+mtime -> sha256 (the one memo: entrep.data.hashing)
+    <encoder>-<fingerprint[:20]>/<view>/    (augmented views: <view>.k2, seeded from the decoded pixels)
         meta.json                           full fingerprint, encoder, dim, view
         index.sqlite                        key -> (shard, row, crc32 of the row bytes)
         shard-<uuid>.npy                    float32 rows, one shard per finished batch (memory-mapped on read)
         .lock                               fcntl lock held while a batch is written
 
 Keys are content hashes (images) or text hashes, so renamed or duplicated
-images are computed once. Rows are appended per finished batch, so an
+images are computed once. An augmented view's random parameters are seeded from
+the decoded pixels (:func:`pixel_key`), so a file and the same image held in
+memory (an upload) get exactly the same view. Rows are appended per finished batch, so an
 interrupted run keeps its work and the next run resumes. Every row carries a
 checksum: a corrupt or missing row is logged and recomputed, never used.
 Cached vectors are the encoder's L2-normalised output.
@@ -54,6 +56,13 @@ def default_cache_root() -> Path:
 
 def text_key(text: str) -> str:
     return hashlib.sha256(b"text\x00" + text.encode("utf-8")).hexdigest()
+
+
+def pixel_key(img) -> str:
+    """sha256 of a decoded image's mode, size and pixels: the seed key of its augmented views."""
+    h = hashlib.sha256(f"{img.mode}\x00{img.size[0]}x{img.size[1]}\x00".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -179,52 +188,23 @@ class FeatureCache:
         except OSError as e:
             raise CacheError(f"cannot create feature cache folder {self.root} ({e.strerror or e}); "
                              f"set ENTREP_CACHE or --cache to a writable folder") from None
-        self._hashes = self.root / "file-hashes.sqlite"
-        with contextlib.closing(_connect(self._hashes)) as con, con:
-            con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, "
-                        "sha256 TEXT)")
+        from entrep.data.hashing import HashCache
+
+        self._hash_cache = HashCache(root=self.root)
         #: counters of the last call, for logs, benchmarks and tests
         self.last_computed = 0
         self.last_reused = 0
 
     # ---- hashing -------------------------------------------------------
     def file_hashes(self, paths: Sequence[str | Path]) -> list[str]:
-        """sha256 of each file's bytes, remembered per (path, size, mtime)."""
-        from entrep.data.images import ImageError
-
-        abs_paths = [str(Path(p).resolve()) for p in paths]
-        stats = {}
-        for p in dict.fromkeys(abs_paths):
-            try:
-                st = os.stat(p)
-            except OSError:
-                raise ImageError(f"{p}: file not found") from None
-            stats[p] = (st.st_size, st.st_mtime_ns)
-        known: dict[str, str] = {}
-        with contextlib.closing(_connect(self._hashes)) as con:
-            for part in _chunks(list(stats), _SQL_CHUNK):
-                q = f"SELECT path, size, mtime, sha256 FROM files WHERE path IN ({','.join('?' * len(part))})"
-                for p, size, mtime, sha in con.execute(q, list(part)):
-                    if (size, mtime) == stats[p]:
-                        known[p] = sha
-        new = []
-        for p in stats:
-            if p not in known:
-                h = hashlib.sha256()
-                with open(p, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                known[p] = h.hexdigest()
-                new.append((p, *stats[p], known[p]))
-        if new:
-            with contextlib.closing(_connect(self._hashes)) as con, con:
-                con.executemany("INSERT OR REPLACE INTO files (path, size, mtime, sha256) VALUES (?, ?, ?, ?)", new)
-        return [known[p] for p in abs_paths]
+        """sha256 of each file's bytes through the one content-hash memo (entrep.data.hashing)."""
+        return self._hash_cache.sha256(list(paths))
 
     # ---- stores --------------------------------------------------------------
     def store_folder(self, encoder, view: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.config.name)
-        return self.root / f"{safe}-{encoder.fingerprint[:20]}" / view
+        folder = view if view in ("orig", "flip") else f"{view}.k2"  # k2: views seeded from pixels
+        return self.root / f"{safe}-{encoder.fingerprint[:20]}" / folder
 
     def _store(self, encoder, view: str) -> _Store:
         return _Store(self.store_folder(encoder, view), fingerprint=encoder.fingerprint, encoder=encoder.config.name,
@@ -265,7 +245,10 @@ class FeatureCache:
             first_path.setdefault(k, p)
 
         def compute(batch: list[str]) -> np.ndarray:
-            imgs = [apply_view(load_rgb(first_path[k]), view, key=k) for k in batch]
+            imgs = []
+            for k in batch:
+                im = load_rgb(first_path[k])
+                imgs.append(im if view == "orig" else apply_view(im, view, key=pixel_key(im)))
             return encoder.encode(imgs, batch_size=len(imgs), normalize=True)
 
         return self._fill(self._store(encoder, view), keys, compute, batch_size=batch_size, progress=progress,
