@@ -156,9 +156,9 @@ def test_changed_file_is_rehashed(tmp_path, images):
 
 
 def test_missing_image_is_one_line_error(tmp_path, images):
-    from entrep.data.images import ImageError
+    from entrep.errors import EntrepError
 
-    with pytest.raises(ImageError, match="nope.png"):
+    with pytest.raises(EntrepError, match="nope.png.*cannot read"):
         FeatureCache(tmp_path / "c").image_features(TinyImageEncoder(), [tmp_path / "nope.png"])
 
 

@@ -82,7 +82,7 @@ class Profile:
     def build_head_image(self, *, device=None):
         return self.build("head_image", device=device)
 
-    # flat views of the per-role choices (what entrep.featurize reads)
+    # flat views of the per-role choices (what entrep.features.Extractor reads)
     @property
     def clip_weights(self) -> str | None:
         return self.weights.get("clip_image")

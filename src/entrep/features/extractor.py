@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 ImageLike = Path | str | Image.Image
 ROLES = ("clip_image", "head_image", "clip_text")
+#: "auto" currently always means PyTorch (see docs/encoders.md: the ONNX Runtime path is not written yet)
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 class Extractor:
@@ -33,9 +35,16 @@ class Extractor:
     """
 
     def __init__(self, profile, *, cache_root: str | Path | None = None, device: str | None = None,
-                 batch_size: int = 32, progress: bool = False,
+                 batch_size: int = 32, progress: bool = False, runtime: str = "auto",
                  overrides: Mapping[str, Any] | None = None) -> None:
+        from entrep.errors import UserError
         from entrep.features.cache import FeatureCache
+
+        if runtime not in RUNTIMES:
+            raise UserError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+        if runtime == "onnx":
+            raise UserError("runtime 'onnx' is not available in this version (encoders run in PyTorch); "
+                            "use runtime 'auto' or 'torch'")
 
         unknown = set(overrides or {}) - {"clip_image", "head_image"}
         if unknown:
@@ -45,6 +54,7 @@ class Extractor:
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
+        self.runtime = "torch"
         self._encoders: dict[str, Any] = dict(overrides or {})
         self._overridden = frozenset(overrides or {})
 
