@@ -232,3 +232,15 @@ def test_a_broken_text_encoder_or_cache_is_one_json_line_without_paths_when_hidd
         assert "\n" not in detail
         if hide or not isinstance(error, ModelError):
             assert "/srv/secret" not in detail and "server's log" in detail
+
+
+def test_large_uploads_are_shrunk_right_after_decoding(model):
+    from fastapi import UploadFile
+
+    from entrep.server.state import MAX_DECODED_SIDE
+
+    state = create_app(model).state.entrep
+    image = state.read_image(UploadFile(file=io.BytesIO(png((4100, 300))), filename="wide.png"))
+    assert image.size == (MAX_DECODED_SIDE, 150) and image.info["sha256"]
+    small = state.read_image(UploadFile(file=io.BytesIO(png((640, 480))), filename="frame.png"))
+    assert small.size == (640, 480)

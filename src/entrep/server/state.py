@@ -4,7 +4,8 @@ Memory and CPU are bounded by *work slots*: every request that decodes an
 upload or runs the model holds one slot from reading the upload until its
 answer is ready. At most ``max_concurrent`` requests decode or infer at once
 (each decoded image is at most ``max_pixels`` RGB pixels); the rest wait up to
-``queue_timeout_s`` for a slot and then get 503 with ``Retry-After``. Model
+``queue_timeout_s`` for a slot and then get 503 with ``Retry-After``. A decoded
+upload is shrunk to at most ``MAX_DECODED_SIDE`` pixels a side at once. Model
 calls inside a slot are serialised by one lock (the encoders spread one call
 over all cores already, and they are not written for concurrent use).
 """
@@ -34,6 +35,9 @@ THUMB_SIZE = 256
 THUMB_CACHE_ITEMS = 2048
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_QUEUE_TIMEOUT_S = 30.0
+#: Decoded uploads larger than this (longest side, pixels) are shrunk at once: the encoders read
+#: 224-448 px, and a 49-megapixel RGB copy per flip/hash would otherwise stay alive for the request.
+MAX_DECODED_SIDE = 2048
 
 
 def _tokens(name: str) -> list[str]:
@@ -133,6 +137,8 @@ class ServerState:
             image = load_rgb_bytes(data, name=name, max_pixels=self.max_pixels)
         except ImageError as e:  # not a format entrep reads -> 415 (no decoder ran); damaged -> 400
             raise HTTPException(415 if data and sniff_format(data[:64]) is None else 400, str(e)) from None
+        if max(image.size) > MAX_DECODED_SIDE:
+            image.thumbnail((MAX_DECODED_SIDE, MAX_DECODED_SIDE), Image.Resampling.LANCZOS)
         # the upload's content hash: search never returns the query itself when it is in the gallery
         image.info["sha256"] = hashlib.sha256(data).hexdigest()
         return image
