@@ -68,6 +68,20 @@ def check_embeddings(path: Path, n_images: int) -> None:
         raise AssertionError(f"{path}: row counts {rows}, expected {n_images} everywhere")
 
 
+def check_all(model: Path, cache: Path, n_gallery: int, probe: Path, emb: Path, n_images: int) -> str | None:
+    """Run both checks in a fresh interpreter (the code on disk, as the next command would); error line or None."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_faults import check_model, check_embeddings; "
+            "from pathlib import Path as P; a = sys.argv; check_model(P(a[2]), P(a[3]), int(a[4]), P(a[5])); "
+            "check_embeddings(P(a[6]), int(a[7]))")
+    r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(model), str(cache),
+                        str(n_gallery), str(probe), str(emb), str(n_images)], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode == 0:
+        return None
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"check exited with {r.returncode}"
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*.entrep-*"))
 
@@ -86,7 +100,8 @@ def main() -> None:
     data, model, emb, cache = work / "data", work / "model", work / "emb.npz", work / "cache"
     env = {**os.environ, "ENTREP_CACHE": str(cache)}
 
-    run(["synth", str(data), "--n", str(args.n), "--seed", str(args.seed)], env)
+    if not data.exists():  # a --work folder from an earlier run is reused (its cache too)
+        run(["synth", str(data), "--n", str(args.n), "--seed", str(args.seed)], env)
     commands = {
         "fit": ["fit", "--data", str(data), "--out", str(model)],
         "index": ["index", "--model", str(model), "--gallery", str(data), "--rebuild"],
@@ -121,19 +136,15 @@ def main() -> None:
         after = digest(target)
         outcome = {"command": name, "delay_s": round(delay, 2), "killed": killed,
                    "version": "old" if after == before else "new", "ok": True}
-        try:
-            if after is None:
-                raise AssertionError(f"{target}: gone after the kill")
-            check_model(model, cache, n_gallery, probe)
-            check_embeddings(emb, n_images)
-        except Exception as e:  # noqa: BLE001 - every failure is a finding to report
-            outcome.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        error = f"{target}: gone after the kill" if after is None else check_all(model, cache, n_gallery, probe,
+                                                                                   emb, n_images)
+        if error:
+            outcome.update(ok=False, error=error)
         rounds.append(outcome)
         print(json.dumps(outcome), flush=True)
 
     final = {name: round(run(cmd, env), 1) for name, cmd in commands.items()}  # cache still usable
-    check_model(model, cache, n_gallery, probe)
-    check_embeddings(emb, n_images)
+    final_error = check_all(model, cache, n_gallery, probe, emb, n_images)
     left = leftovers(work)
     res = {
         "rounds": len(rounds), "killed": sum(r["killed"] for r in rounds),
@@ -141,14 +152,15 @@ def main() -> None:
                            "killed": sum(r["command"] == n and r["killed"] for r in rounds),
                            "old": sum(r["command"] == n and r["version"] == "old" for r in rounds),
                            "new": sum(r["command"] == n and r["version"] == "new" for r in rounds)} for n in names},
-        "failures": [r for r in rounds if not r["ok"]], "leftover_temporaries": left,
+        "failures": [r for r in rounds if not r["ok"]], "final_check_error": final_error,
+        "leftover_temporaries": left,
         "full_run_s": {n: round(v, 1) for n, v in full.items()}, "final_run_s": final,
         "n_images": args.n, "budget_s": args.budget, "seed": args.seed,
     }
     print(json.dumps(res, indent=2))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    if res["failures"] or left:
+    if res["failures"] or left or final_error:
         sys.exit(1)
 
 
