@@ -135,14 +135,14 @@ def test_tiny_galleries_return_every_row(kind, n):
 
 
 def test_tiny_ivf_falls_back_to_flat_with_a_log_line(caplog):
-    caplog.set_level(logging.INFO, logger="entrep.retrieval.index")
+    caplog.set_level(logging.INFO, logger="entrep.retrieval")
     g, _ = build("ivf", n=3)
     assert g.requested_kind == "ivf" and g.kind == "flat"
     assert "IVF needs at least" in caplog.text
 
 
 def test_small_ivf_reduces_nlist(caplog):
-    caplog.set_level(logging.INFO, logger="entrep.retrieval.index")
+    caplog.set_level(logging.INFO, logger="entrep.retrieval")
     g, _ = build("ivf", n=200)
     assert g.kind == "ivf" and g.params["nlist"] == 200 // 39  # 4*sqrt(200)=57 lists would get 3 points each
     assert "nlist reduced" in caplog.text
@@ -276,7 +276,7 @@ def test_exclude_one_set_for_all_queries():
 # ---- kind choice and approximation report ------------------------------------
 def test_auto_kind_switches_at_threshold(caplog):
     assert GalleryIndex(8).auto_threshold == 100_000
-    caplog.set_level(logging.INFO, logger="entrep.retrieval.index")
+    caplog.set_level(logging.INFO, logger="entrep.retrieval")
     g = GalleryIndex(16, kind="auto", auto_threshold=150)
     g.add(clustered(100), meta(100))
     assert g.kind == "flat" and g.build_report is None
@@ -288,7 +288,7 @@ def test_auto_kind_switches_at_threshold(caplog):
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_build_reports_recall_against_exact(kind, caplog):
-    caplog.set_level(logging.INFO, logger="entrep.retrieval.index")
+    caplog.set_level(logging.INFO, logger="entrep.retrieval")
     g, _ = build(kind, n=1500, d=16)
     r = g.build_report
     assert r.kind == kind and r.n == 1500 and r.n_sample == 200 and r.params == g.params
@@ -402,7 +402,7 @@ def test_failed_add_leaves_the_index_unchanged(monkeypatch):
     g = GalleryIndex(16, kind="auto", auto_threshold=30)
     g.add(clustered(20), meta(20))
 
-    def boom(kind):
+    def boom(*args):
         raise MemoryError("out of memory")
 
     monkeypatch.setattr(g, "_build", boom)  # crossing the threshold triggers a rebuild, which fails
@@ -414,7 +414,7 @@ def test_failed_add_leaves_the_index_unchanged(monkeypatch):
 
 @pytest.mark.parametrize("kind, weak", [("ivf", {"nprobe": 1}), ("hnsw", {"hnsw_m": 4, "ef_construction": 8, "ef_search": 4})])
 def test_search_effort_is_raised_until_target_recall(kind, weak, caplog, tmp_path):
-    caplog.set_level(logging.INFO, logger="entrep.retrieval.index")
+    caplog.set_level(logging.INFO, logger="entrep.retrieval")
     x = np.random.default_rng(5).normal(size=(1500, 16)).astype(np.float32)
     untuned = GalleryIndex(16, kind=kind, target_recall=None, **weak)
     untuned.add(x, meta(1500))

@@ -1,0 +1,89 @@
+"""How close an approximate index comes to exact search: ground truth, recall@10 and ms/query."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from entrep.retrieval.backend import faiss_threads
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """How an approximate index compares with exact search on its own gallery.
+
+    ``recall_at_10``: mean fraction of each sampled query's exact 10 nearest
+    neighbours that the approximate index also returns in its top 10 (the query
+    row itself is left out of both lists). None when the gallery has fewer than
+    two rows. Timings are single-query searches on this machine.
+    """
+
+    kind: str
+    n: int
+    dim: int
+    params: dict
+    build_s: float
+    n_sample: int
+    recall_at_10: float | None
+    approx_ms_per_query: float
+    exact_ms_per_query: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_rows(n: int, m: int, seed: int) -> np.ndarray:
+    """``min(n, m)`` distinct rows of ``n``, seeded, sorted."""
+    m = min(n, m)
+    return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False)) if m else np.zeros(0, np.int64)
+
+
+def ground_truth(vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int = 10) -> list[set[int]]:
+    """Exact ``k`` nearest ids of each of ``rows`` (the row itself left out), by blocks of 256 queries."""
+    kk = min(k, len(vectors) - 1)
+    truth: list[set[int]] = []
+    if kk >= 1:
+        for j in range(0, len(rows), 256):  # blocks bound memory
+            block = vectors[rows[j : j + 256]] @ vectors.T
+            block[np.arange(len(block)), rows[j : j + 256]] = -np.inf
+            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            truth += [set(ids[t].tolist()) for t in top]
+    return truth
+
+
+def measure_approximation(queries: np.ndarray, own_ids: np.ndarray, truth: list[set[int]], n: int, *,
+                          approx: Callable, exact: Callable, k: int = 10) -> tuple[float | None, float, float]:
+    """(recall@k, approximate ms/query, exact ms/query) for sampled gallery rows used as queries.
+
+    ``queries[j]`` is the vector of the row whose id is ``own_ids[j]``; its
+    exact neighbours (itself left out) are ``truth[j]``. ``approx(q, k)`` and
+    ``exact(q, k)`` return (scores, ids); single-query searches are timed on
+    one FAISS thread (exact on at most 20 queries).
+    """
+    m = len(queries)
+    kk = min(k, n - 1)
+    recall = None
+    approx_ms = exact_ms = 0.0
+    if m:
+        with faiss_threads(1):
+            t0 = time.perf_counter()
+            for j in range(m):
+                approx(queries[j : j + 1], min(kk + 1, n))
+            approx_ms = (time.perf_counter() - t0) * 1000 / m
+            n_time = min(m, 20)
+            t0 = time.perf_counter()
+            for j in range(n_time):
+                exact(queries[j : j + 1], min(kk + 1, n))
+            exact_ms = (time.perf_counter() - t0) * 1000 / n_time
+    if m and kk >= 1:
+        _, approx_ids = approx(queries, kk + 1)
+        hits = 0
+        for j, want in enumerate(truth):
+            own = int(own_ids[j])
+            got = [int(i) for i in approx_ids[j] if i >= 0 and i != own][:kk]
+            hits += len(want & set(got))
+        recall = hits / (m * kk)
+    return recall, approx_ms, exact_ms
