@@ -402,7 +402,7 @@ def test_failed_add_leaves_the_index_unchanged(monkeypatch):
     g = GalleryIndex(16, kind="auto", auto_threshold=30)
     g.add(clustered(20), meta(20))
 
-    def boom(*args):
+    def boom(*args, **kwargs):
         raise MemoryError("out of memory")
 
     monkeypatch.setattr(g, "_build", boom)  # crossing the threshold triggers a rebuild, which fails
