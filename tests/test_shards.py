@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import entrep
-from entrep.distribute import EmbedSpec, embed_to_shards
 from entrep.data.records import DataError
+from entrep.distribute import EmbedSpec, LocalEngine, embed_to_shards
+from entrep.errors import UserError
 from entrep.retrieval.gallery import read_gallery
 from entrep.retrieval.shards import gallery_from_shards, index_with_engine
-from entrep.distribute import LocalEngine
 
 
 def _same_gallery(a, b):
@@ -75,3 +75,22 @@ def test_shards_from_another_encoder_refused(model_and_cache, tiny_data_dir, tmp
         gallery_from_shards(m, tmp_path / "other")
     with pytest.raises(DataError, match="no manifest.json"):
         gallery_from_shards(m, tmp_path)
+
+
+def test_cli_index_from_embeddings(model_and_cache, tiny_data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from entrep.cli import app
+
+    model_dir, cache = model_and_cache
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    emb = tmp_path / "emb"
+    res = CliRunner().invoke(app, ["embed", str(tiny_data_dir), "--out", str(emb), "--model", str(model),
+                                   "--cache", cache, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["index", "--model", str(model), "--embeddings", str(emb), "--rebuild"])
+    assert res.exit_code == 0, res.output
+    assert len(entrep.load(model).gallery) == len(read_gallery(tiny_data_dir, entrep.load(model).taxonomy).records)
+    both = CliRunner().invoke(app, ["index", "--model", str(model), "--embeddings", str(emb), "--gallery", str(emb)])
+    assert isinstance(both.exception, UserError) and "exactly one" in str(both.exception)
