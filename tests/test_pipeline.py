@@ -186,7 +186,7 @@ def test_index_adds_and_removes_without_rebuilding(tiny_model_dir, tiny_data_dir
 
 def test_submissions_for_all_three_tracks(tiny_model_dir, tiny_data_dir, tmp_path):
     from entrep.data.readers import read_queries
-    from entrep.submit import check_submission, read_submission
+    from entrep.challenge.format import check_submission, read_submission
 
     q = tiny_data_dir / "queries"
     names = {p.name for p in (q / "imgs").glob("*.png")}

@@ -11,7 +11,7 @@ import pytest
 
 from entrep.data.records import DataError
 from entrep.errors import UserError
-from entrep.submit import check_submission, read_query_csv, read_submission, unique_queries, write_submission
+from entrep.challenge.format import check_submission, read_query_csv, read_submission, unique_queries, write_submission
 
 IMAGES = {"a.png", "b.png", "c.png", "d.png"}
 CAPTION = "phù nề sụn phễu, edema of the arytenoid"  # non-ASCII must survive as is
@@ -149,7 +149,7 @@ def test_check_detects_bad_values_per_track(tmp_path):
 
 
 def test_duplicate_queries_keep_order_and_warn(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="entrep.submit")
+    caplog.set_level(logging.WARNING, logger="entrep.challenge.format")
     assert unique_queries(["b.png", "a.png", "b.png", "c.png", "a.png"]) == ["b.png", "a.png", "c.png"]
     assert "2 queries are listed more than once" in caplog.text and "'b.png'" in caplog.text
     csv = tmp_path / "i2i.csv"
@@ -157,3 +157,10 @@ def test_duplicate_queries_keep_order_and_warn(tmp_path, caplog):
     caplog.clear()
     assert read_query_csv(csv) == ["q1.png", "q2.png"]
     assert str(csv) in caplog.text and "'q1.png'" in caplog.text
+
+
+def test_track1_accepts_label_ids_of_a_taxonomy_with_more_than_seven_classes(tmp_path):
+    answers = {"a.png": 8, "b.png": 0}
+    out = write_submission(1, answers, tmp_path / "t1.zip", n_classes=9)
+    assert check_submission(out, 1, ["a.png", "b.png"], n_classes=9) == []
+    assert check_submission(out, 1, ["a.png", "b.png"], n_classes=7)  # id 8 is out of range for 7 classes

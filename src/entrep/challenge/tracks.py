@@ -67,7 +67,7 @@ def _adhoc_gallery(model, folder: Path):
 def make_submission(model, track: int, queries_csv: Path, images: Path, out: Path, *, filter: str | None = None) -> dict:
     from entrep.data.readers import read_queries
     from entrep.retrieval.search import text_query_vector, allowed_labels
-    from entrep.submit import check_submission, unique_queries, write_submission
+    from entrep.challenge.format import check_submission, unique_queries, write_submission
 
     queries = read_queries(queries_csv)
     if not queries:
@@ -118,8 +118,9 @@ def make_submission(model, track: int, queries_csv: Path, images: Path, out: Pat
             if not h:
                 raise UserError(f"query {qname!r}: the gallery has no other image to return")
             answers[qname] = h[0].metadata.name
-    write_submission(track, answers, out)
-    problems = check_submission(out, track, uniq, image_names=names)
+    n_classes = model.taxonomy.n_classes  # Track 1 ids index the model's own taxonomy, not the 7 ENT classes
+    write_submission(track, answers, out, n_classes=n_classes)
+    problems = check_submission(out, track, uniq, image_names=names, n_classes=n_classes)
     if problems:
         raise UserError(f"{out}: the written submission failed its own format check: {problems[0]}")
     return summary
