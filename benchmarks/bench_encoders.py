@@ -91,7 +91,7 @@ def bench_image(name: str, enc, n: int, batch: int, reps: int) -> dict:
     t_full = timed(lambda: enc.encode(ims, batch_size=batch), 1) / n
     gflops = flops / 1e9
     return {
-        "encoder": name, "unit": "img", "dim": enc.config.dim, "input": "x".join(map(str, enc.config.image_size)),
+        "encoder": name, "runtime": "torch", "unit": "img", "dim": enc.config.dim, "input": "x".join(map(str, enc.config.image_size)),
         "gflop_per_item": round(gflops, 3),
         "model_items_per_s": round(1 / t_model, 2),
         "end_to_end_items_per_s": round(1 / t_full, 2),
@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip-vit", action="store_true", help="only the offline encoders (EfficientNet-Lite0/1/2, MiniLM)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,12 +148,16 @@ def main() -> None:
     rows = []
     eff = build_image_encoder("effnet-lite0", device="cpu")
     rows.append(bench_image("effnet-lite0 (grid2)", eff, args.images, args.batch_size, args.reps))
+    for variant in ("lite1", "lite2"):
+        rows.append(bench_image(f"effnet-{variant} (grid2)", build_image_encoder(f"effnet-{variant}", device="cpu"),
+                                args.images, args.batch_size, args.reps))
     rows.append(bench_text(build_text_encoder("minilm-l6", device="cpu"), 4 * args.images, 4 * args.batch_size,
                            args.reps))
-    rows.append(bench_image("ViT-B/16 224 (BiomedCLIP tower, random)", vit_encoder("vit_base_patch16_224", 16),
-                            args.images, args.batch_size, args.reps))
-    rows.append(bench_image("ViT-B/14 224 (DINOv2, random)", vit_encoder("vit_base_patch14_dinov2", 14),
-                            args.images, args.batch_size, args.reps))
+    if not args.skip_vit:
+        rows.append(bench_image("ViT-B/16 224 (BiomedCLIP tower, random)", vit_encoder("vit_base_patch16_224", 16),
+                                args.images, args.batch_size, args.reps))
+        rows.append(bench_image("ViT-B/14 224 (DINOv2, random)", vit_encoder("vit_base_patch14_dinov2", 14),
+                                args.images, args.batch_size, args.reps))
     cache = bench_cache(eff, args.images, args.batch_size)
     peak = max(peak, matmul_gflops())  # measured before and after: a busy machine only lowers it
     for r in rows:
