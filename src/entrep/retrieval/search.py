@@ -18,10 +18,9 @@ import numpy as np
 from PIL import Image
 
 from entrep.errors import UserError
+from entrep.retrieval.filters import FILTERS
 
 log = logging.getLogger(__name__)
-
-FILTERS = ("fine", "coarse", "none")
 
 
 def _hit_dict(hit, hide_names: bool = False) -> dict:
