@@ -426,3 +426,19 @@ def test_search_effort_is_raised_until_target_recall(kind, weak, caplog, tmp_pat
     assert f"{key} " in caplog.text
     g.save(tmp_path / "g")
     assert GalleryIndex.load(tmp_path / "g").measure_approximation().recall_at_10 == g.build_report.recall_at_10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_vectors_are_saved_once_and_version_1_folders_still_load(kind, tmp_path):
+    g, x = build(kind, n=120)
+    g.remove([3, 50])
+    folder = g.save(tmp_path / "gal")
+    assert sorted(p.name for p in folder.iterdir()) == ["gallery.json", "index.faiss"]  # no second copy
+    np.testing.assert_allclose(GalleryIndex.load(folder).vectors, np.delete(x, [3, 50], axis=0), atol=1e-6)
+    # a folder written by the previous layout: version 1 with a vectors.npy copy beside index.faiss
+    meta_path = folder / "gallery.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": 1}))
+    np.save(folder / "vectors.npy", g.vectors)
+    old = GalleryIndex.load(folder)
+    assert old.items == g.items and np.array_equal(old.vectors, g.vectors) and old.kind == g.kind
+    assert [h.id for h in old.search(x[7], 5)[0]] == [h.id for h in g.search(x[7], 5)[0]]

@@ -3,7 +3,34 @@
 The FAISS index is the one place a gallery's vectors live (in memory and, as
 ``index.faiss``, on disk): :func:`row_vectors` reads them back in row order
 (flat and HNSW storage directly, IVF gathered from its inverted lists).
-See :mod:`entrep.retrieval.index` for what each kind is for.
+
+Index kinds (``kind=``):
+
+- ``"flat"``: exact ``IndexFlatIP`` inside ``IndexIDMap2``. The default at ENT
+  sizes (a few thousand images): exact and a few ms per query.
+- ``"hnsw"``: ``IndexHNSWFlat`` (inner product) inside ``IndexIDMap2``. FAISS
+  cannot delete from an HNSW graph, so :meth:`GalleryIndex.remove` rebuilds the
+  graph from the kept vectors (logged).
+- ``"ivf"``: ``IndexIVFFlat`` (inner product) with its own native ids, not
+  wrapped in ``IndexIDMap2``: IVF stores external ids in its inverted lists, and
+  wrapping it in an id map returns wrong ids after ``remove_ids`` (the map is
+  compacted but the lists' sequential ids are not). ``nlist ~ 4 sqrt(n)``, capped
+  so every list gets at least 39 training points; below 78 rows there is
+  nothing to partition and the index is exact (flat) instead, with a log line.
+- ``"auto"``: flat below ``auto_threshold`` (100,000) rows, else
+  :data:`AUTO_APPROX_KIND` (IVF; see docs/retrieval.md for the measurements
+  behind that choice). Re-evaluated when additions cross the threshold.
+
+Filtering (:meth:`GalleryIndex.search` ``allowed=`` / ``exclude_ids=``) never
+returns a filtered-out or excluded row: FAISS searches with an ``IDSelector``.
+Flat search is exact. Approximate indexes answer filters that allow at most
+30% of the rows (:data:`EXACT_FILTER_FRACTION`) by an exact scan of the allowed
+vectors (HNSW through its flat storage, IVF with every list probed): graph and
+list search lose most of their recall when the allowed rows lie away from the
+query. Wider filters widen efSearch by 1/fraction**2 and nprobe by
+1/fraction, and any approximate search that comes back short is redone
+exactly. Batches under 20 queries run FAISS on one thread: on a small shared
+machine OpenMP start-up and spinning cost more than a second core saves.
 """
 
 from __future__ import annotations

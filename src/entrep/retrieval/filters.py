@@ -76,3 +76,17 @@ def spec_mask(spec, n: int, where: str, *, label_mask: Callable, predicate_mask:
         return predicate_mask(spec)
     raise UserError(f"{where}: expected None, a bool mask, a set of labels or a predicate on GalleryItem, "
                     f"got {type(spec).__name__} {spec!r:.60}")
+
+
+def group_by_mask(allowed, n_q: int, n: int, *, label_mask: Callable,
+                  predicate_mask: Callable) -> list[tuple[np.ndarray | None, list[int]]]:
+    """(row mask, query positions) for each distinct ``allowed`` spec among ``n_q`` queries over ``n`` rows."""
+    masks: dict[Any, np.ndarray | None] = {}
+    groups: dict[Any, list[int]] = {}
+    for j, spec in enumerate(per_query(allowed, n_q, "allowed")):
+        key = spec_key(spec)
+        if key not in masks:
+            where = f"allowed[{j}]" if isinstance(allowed, (list, tuple)) else "allowed"
+            masks[key] = spec_mask(spec, n, where, label_mask=label_mask, predicate_mask=predicate_mask)
+        groups.setdefault(key, []).append(j)
+    return [(masks[key], members) for key, members in groups.items()]

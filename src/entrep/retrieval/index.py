@@ -6,37 +6,12 @@ hash). Vectors are L2-normalised on the way in, so scores are cosine
 similarities. Ids are assigned incrementally and never reused, so an id held by
 a caller keeps meaning the same image after removals and additions.
 
-Index kinds (``kind=``):
-
-- ``"flat"``: exact ``IndexFlatIP`` inside ``IndexIDMap2``. The default at ENT
-  sizes (a few thousand images): exact and a few ms per query.
-- ``"hnsw"``: ``IndexHNSWFlat`` (inner product) inside ``IndexIDMap2``. FAISS
-  cannot delete from an HNSW graph, so :meth:`GalleryIndex.remove` rebuilds the
-  graph from the kept vectors (logged).
-- ``"ivf"``: ``IndexIVFFlat`` (inner product) with its own native ids, not
-  wrapped in ``IndexIDMap2``: IVF stores external ids in its inverted lists, and
-  wrapping it in an id map returns wrong ids after ``remove_ids`` (the map is
-  compacted but the lists' sequential ids are not). ``nlist ~ 4 sqrt(n)``, capped
-  so every list gets at least 39 training points; below 78 rows there is
-  nothing to partition and the index is exact (flat) instead, with a log line.
-- ``"auto"``: flat below ``auto_threshold`` (100,000) rows, else
-  :data:`AUTO_APPROX_KIND` (IVF; see docs/retrieval.md for the measurements
-  behind that choice). Re-evaluated when additions cross the threshold.
-
-Whenever an approximate index is built its recall@10 against exact search is
-measured on a seeded sample of the gallery's own vectors and kept in
-:attr:`GalleryIndex.build_report` (and logged).
-
-Filtering (:meth:`GalleryIndex.search` ``allowed=`` / ``exclude_ids=``) never
-returns a filtered-out or excluded row: FAISS searches with an ``IDSelector``.
-Flat search is exact. Approximate indexes answer filters that allow at most
-30% of the rows (:data:`EXACT_FILTER_FRACTION`) by an exact scan of the allowed
-vectors (HNSW through its flat storage, IVF with every list probed): graph and
-list search lose most of their recall when the allowed rows lie away from the
-query. Wider filters widen efSearch by 1/fraction**2 and nprobe by
-1/fraction, and any approximate search that comes back short is redone
-exactly. Batches under 20 queries run FAISS on one thread: on a small shared
-machine OpenMP start-up and spinning cost more than a second core saves.
+Composed from :mod:`~entrep.retrieval.store` (rows, ids, metadata file),
+:mod:`~entrep.retrieval.backend` (FAISS kinds "flat", "hnsw", "ivf", "auto",
+building, filtered search), :mod:`~entrep.retrieval.filters` (``allowed=`` /
+``exclude_ids=`` specs) and :mod:`~entrep.retrieval.approx` (recall@10 of an
+approximate index against exact search, kept in
+:attr:`GalleryIndex.build_report`). The vectors live once, in the FAISS index.
 """
 
 from __future__ import annotations
@@ -54,13 +29,7 @@ from entrep.errors import ModelError, UserError
 from entrep.io import atomic_path
 from entrep.retrieval import approx, backend, filters, store
 from entrep.retrieval.approx import BuildReport
-from entrep.retrieval.backend import (
-    AUTO_APPROX_KIND,
-    AUTO_THRESHOLD,
-    EXACT_FILTER_FRACTION,
-    KINDS,
-    SINGLE_THREAD_BELOW,
-)
+from entrep.retrieval.backend import AUTO_APPROX_KIND, AUTO_THRESHOLD, EXACT_FILTER_FRACTION, KINDS, SINGLE_THREAD_BELOW
 from entrep.retrieval.filters import AllowedSpec
 from entrep.retrieval.store import GalleryItem, Hit
 
@@ -70,6 +39,8 @@ __all__ = ["AUTO_APPROX_KIND", "AUTO_THRESHOLD", "BuildReport", "EXACT_FILTER_FR
            "GalleryItem", "Hit", "KINDS", "SINGLE_THREAD_BELOW"]
 
 FAISS_FILE = "index.faiss"
+SETTINGS = ("auto_threshold", "hnsw_m", "ef_construction", "ef_search", "nprobe", "report_queries",
+            "target_recall", "seed")  # constructor settings saved in gallery.json
 
 
 class GalleryIndex:
@@ -290,9 +261,8 @@ class GalleryIndex:
                  report.approx_ms_per_query, report.exact_ms_per_query)
 
     def _ground_truth(self, n_queries: int | None = None, k: int = 10) -> tuple[np.ndarray, list[set[int]]]:
-        """(sampled rows, exact k nearest ids of each sampled row, itself left out)."""
         rows = approx.sample_rows(len(self), self.report_queries if n_queries is None else n_queries, self.seed)
-        return rows, approx.ground_truth(self._rows(), self._store.ids, rows, k)
+        return rows, approx.ground_truth(self._rows(), self._store.ids, rows, k)  # sampled rows, their exact top k
 
     def measure_approximation(self, n_queries: int | None = None, *, k: int = 10, build_s: float = 0.0,
                               _truth: tuple[np.ndarray, list[set[int]]] | None = None) -> BuildReport:
@@ -345,21 +315,12 @@ class GalleryIndex:
         with self._lock:
             if len(self) == 0:
                 return [[] for _ in range(n_q)]
-            specs = filters.per_query(allowed, n_q, "allowed")
+            groups = filters.group_by_mask(allowed, n_q, len(self), label_mask=self.label_mask, predicate_mask=self.mask)
             excl = filters.per_query_ids(exclude_ids, n_q)
-            masks: dict[Any, np.ndarray | None] = {}
-            groups: dict[Any, list[int]] = {}
-            for j, spec in enumerate(specs):
-                key = filters.spec_key(spec)
-                if key not in masks:
-                    where = f"allowed[{j}]" if isinstance(allowed, (list, tuple)) else "allowed"
-                    masks[key] = filters.spec_mask(spec, len(self), where, label_mask=self.label_mask,
-                                                   predicate_mask=self.mask)
-                groups.setdefault(key, []).append(j)
             out: list[list[Hit]] = [[] for _ in range(n_q)]
             with backend.faiss_threads(1 if n_q < SINGLE_THREAD_BELOW else None):
-                for key, members in groups.items():
-                    hits = self._search_group(q[members], masks[key], [excl[j] for j in members], k)
+                for mask, members in groups:
+                    hits = self._search_group(q[members], mask, [excl[j] for j in members], k)
                     for j, h in zip(members, hits):
                         out[j] = h
             return out
@@ -379,27 +340,13 @@ class GalleryIndex:
         for j in range(len(q)):
             e = excl[j]
             want = min(k, n_allowed - sum(1 for i in e if i in row and (mask is None or mask[row[i]])))
-            hits = self._collect(scores[j], labels[j], mask, e, want)
+            hits = self._store.hits(scores[j], labels[j], mask, e, want)
             if len(hits) < want:
                 log.debug("%s search returned %d of %d allowed hits; searching exactly", self._kind, len(hits), want)
                 s1, l1 = self._faiss_search(q[j : j + 1], min(k + len(e), n_allowed), mask, exact=True, frac=frac)
-                hits = self._collect(s1[0], l1[0], mask, e, want)
+                hits = self._store.hits(s1[0], l1[0], mask, e, want)
             results.append(hits)
         return results
-
-    def _collect(self, scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None, excl: frozenset,
-                 want: int) -> list[Hit]:
-        hits: list[Hit] = []
-        for i, s in zip(labels.tolist(), scores.tolist()):
-            if len(hits) == want:
-                break
-            if i < 0 or i in excl:
-                continue
-            r = self._store.row.get(i)
-            if r is None or (mask is not None and not mask[r]):
-                continue  # defensive: FAISS returned a row the filter forbids
-            hits.append(Hit(i, float(s), self._store.items[r]))
-        return hits
 
     def _faiss_search(self, q: np.ndarray, k: int, mask: np.ndarray | None, *, exact: bool,
                       frac: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -416,10 +363,7 @@ class GalleryIndex:
                 "dim": self.dim,
                 "requested_kind": self.requested_kind,
                 "kind": self._kind if self._faiss is not None else None,
-                "settings": {"auto_threshold": self.auto_threshold, "hnsw_m": self.hnsw_m,
-                             "ef_construction": self.ef_construction, "ef_search": self.ef_search,
-                             "nprobe": self.nprobe, "report_queries": self.report_queries,
-                             "target_recall": self.target_recall, "seed": self.seed},
+                "settings": {k: getattr(self, k) for k in SETTINGS},
                 "params": self._params,
                 "trained_on": self._trained_on,
                 "next_id": self._store.next_id,
@@ -443,10 +387,7 @@ class GalleryIndex:
         meta_path = folder / store.META_FILE
         try:
             s = meta["settings"]
-            idx = cls(int(meta["dim"]), kind=meta["requested_kind"], auto_threshold=s["auto_threshold"],
-                      hnsw_m=s["hnsw_m"], ef_construction=s["ef_construction"], ef_search=s["ef_search"],
-                      nprobe=s["nprobe"], report_queries=s["report_queries"], target_recall=s["target_recall"],
-                      seed=s["seed"])
+            idx = cls(int(meta["dim"]), kind=meta["requested_kind"], **{k: s[k] for k in SETTINGS})
             next_id, n, kind = int(meta["next_id"]), int(meta["n"]), meta["kind"]
             items = store.parse_items(meta["items"], n, next_id, meta_path)
             report = BuildReport(**meta["build_report"]) if meta.get("build_report") else None

@@ -162,6 +162,21 @@ class RowStore:
                 raise UserError(f"remove() takes gallery ids (int) or file names (str), got {x!r}")
         return drop, missing
 
+    def hits(self, scores: np.ndarray, found: np.ndarray, mask: np.ndarray | None, excl: frozenset,
+             want: int) -> list[Hit]:
+        """The first ``want`` FAISS results (ids ``found``) that exist, are allowed by ``mask`` and not excluded."""
+        hits: list[Hit] = []
+        for i, s in zip(found.tolist(), scores.tolist()):
+            if len(hits) == want:
+                break
+            if i < 0 or i in excl:
+                continue
+            r = self.row.get(i)
+            if r is None or (mask is not None and not mask[r]):
+                continue  # defensive: FAISS returned a row the filter forbids
+            hits.append(Hit(i, float(s), self.items[r]))
+        return hits
+
     def mask(self, predicate: Callable[[GalleryItem], bool]) -> np.ndarray:
         return np.fromiter((bool(predicate(it)) for it in self.items), dtype=bool, count=len(self.items))
 
