@@ -112,3 +112,21 @@ def test_scores_from_ranks_counts_rank_zero_as_without_relevant():
                                "n_queries": 4, "n_without_relevant": 2})
     with pytest.raises(UserError):
         scores_from_ranks([-1])
+
+
+def test_side_diversified_scores_keep_cosine_scores_and_tie_handling():
+    from entrep.retrieval.search import side_diversified_scores
+    from entrep.taxonomy import Taxonomy
+
+    tax = Taxonomy.ent()
+    labels = np.array(["ear-left", "ear-left", "throat", "ear-right", "throat"], dtype=object)
+    s = np.array([0.9, 0.8, 0.8, 0.5, 0.1], dtype=np.float32)
+    out = side_diversified_scores(s, labels, tax)
+    # only the mirror hit (ear-right) moves, to just above the old second place; every other score stays cosine
+    assert np.array_equal(np.delete(out, 3), np.delete(s, 3)) and 0.8 < out[3] <= 0.9
+    assert list(np.argsort(-out, kind="stable")) == [0, 3, 1, 2, 4]
+    # items 1 and 2 stay tied, so a relevant item among them still ranks pessimistically (behind the irrelevant one)
+    assert rank_with_ties(out, labels == "throat") == 4
+    # nothing to move: the scores come back unchanged
+    same = np.array(["ear-left", "ear-right", "throat"], dtype=object)
+    assert np.array_equal(side_diversified_scores(s[:3], same, tax), s[:3])

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from entrep.errors import UserError
 
 I2I_SPACES = ("joint", "head", "concat", "metric")
-I2I_FILTERS = ("fine", "coarse", "none")
+from entrep.retrieval.filters import FILTERS as I2I_FILTERS  # noqa: E402 - the one tuple of filter names
 FINETUNE_METHODS = ("none", "lora", "partial")
 
 

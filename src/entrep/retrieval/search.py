@@ -161,6 +161,25 @@ def diversify_sides(ranked_labels: list, taxonomy) -> list[int]:
     return order
 
 
+def side_diversified_scores(scores: np.ndarray, labels: np.ndarray, taxonomy) -> np.ndarray:
+    """Cosine ``scores`` with :func:`diversify_sides` applied: a copy where only the moved hit's score changes.
+
+    The mirror-class hit that the diversified ranking moves to second place is
+    scored just above the old second place (never above the top hit), so every
+    other item keeps its cosine score and ties among them still rank
+    pessimistically.
+    """
+    order = np.argsort(-scores, kind="stable")
+    new = diversify_sides(list(labels[order]), taxonomy)
+    if len(new) < 3 or new[1] == 1:  # nothing moved
+        return scores
+    moved_pos = new[1]  # position in ``order`` of the hit that moved up
+    out = np.array(scores, copy=True)
+    top, second = out[order[0]], out[order[1]]
+    out[order[moved_pos]] = min(np.nextafter(second, np.array(np.inf, dtype=out.dtype)), top)
+    return out
+
+
 def text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
     """Map a joint-space text vector into the gallery's space.
 
@@ -183,8 +202,6 @@ def text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
 
 def _scores_from_rankings(score_rows: list[np.ndarray], rel_rows: list[np.ndarray]) -> dict:
     """Recall@1/5/10 and MRR from full score rows; ties ranked pessimistically."""
-    from entrep.retrieval.metrics import rank_with_ties, scores_from_ranks
-
     ranks = [int(rank_with_ties(s, r)) if len(s) else 0 for s, r in zip(score_rows, rel_rows)]
     return scores_from_ranks(np.array(ranks, dtype=np.int64), (1, 5, 10))
 
@@ -240,13 +257,12 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
         cls_s, cls_r, pair_s, pair_r = [], [], [], []
         for qi, (text, nm) in enumerate(queries):
             target = idx[nm]
+            s = T[qi]
             if not names_a_side(text, tax):  # same ranking rule as search_text
-                order = np.argsort(-T[qi], kind="stable")
-                new = diversify_sides(list(labels[order]), tax)
-                T[qi, order[new]] = np.arange(len(new), 0, -1, dtype=T.dtype)
-            cls_s.append(T[qi])
+                s = side_diversified_scores(s, labels, tax)
+            cls_s.append(s)
             cls_r.append(labels == labels[target])
-            pair_s.append(T[qi])
+            pair_s.append(s)
             pair_r.append(names == nm)
         result["t2i"] = {"class": _scores_from_rankings(cls_s, cls_r), "pair": _scores_from_rankings(pair_s, pair_r),
                          "queries_from": source}
