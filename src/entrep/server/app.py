@@ -50,7 +50,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 #: Largest upload decoded, in pixels (about 8k x 6k; endoscopy frames are 640x480).
 SERVER_MAX_PIXELS = min(MAX_PIXELS, 50_000_000)
 K_MAX = 100
-IMAGE_FILTERS = ("fine", "coarse", "none")
+from entrep.retrieval.filters import FILTERS as IMAGE_FILTERS  # noqa: E402 - the one tuple of filter names
 TEXT_FILTERS = ("none", "auto")
 
 ERROR_RESPONSES = {
