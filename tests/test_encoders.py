@@ -1,6 +1,5 @@
 """Encoder registry, weights resolver, offline defaults (effnet-lite0, MiniLM) and the encode API."""
 
-import json
 import time
 
 import numpy as np
@@ -106,12 +105,18 @@ def test_env_var_weights_are_used_and_bad_ones_named(tmp_path, monkeypatch):
 
 
 def test_file_digest_is_cached_per_path_size_mtime(tmp_path, monkeypatch):
-    store = tmp_path / "digests.json"
+    import hashlib
+
+    from entrep.data.hashing import HashCache
+
+    store = tmp_path / "memo"
     monkeypatch.setenv("ENTREP_DIGEST_CACHE", str(store))
     f = tmp_path / "w.bin"
     f.write_bytes(b"a" * 1000)
     d1 = file_digest(f)
-    assert d1 in json.loads(store.read_text()).values()
+    assert d1 == hashlib.sha256(b"a" * 1000).hexdigest()
+    memo = HashCache(root=store)  # the one content-hash memo remembers it
+    assert memo.sha256([f]) == [d1] and memo.last_reused == 1
     assert file_digest(f) == d1
     time.sleep(0.01)
     f.write_bytes(b"b" * 1000)

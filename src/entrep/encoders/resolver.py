@@ -20,21 +20,17 @@ user gets one line saying how to point at local weights.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
 import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 from entrep.errors import WeightsError
-from entrep.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -272,42 +268,20 @@ def hub_files(
 
 
 # ---- weights digests (for fingerprints) ---------------------------------
-_DIGEST_MEMO: dict[str, str] = {}
-_DIGEST_LOCK = threading.Lock()
+def digest_cache_root() -> Path:
+    """Folder of the content-hash memo used for weights digests: $ENTREP_DIGEST_CACHE, else the one
+    memo of :mod:`entrep.data.hashing` (``$ENTREP_CACHE`` or ``~/.cache/entrep``)."""
+    from entrep.data.hashing import default_hash_root
 
-
-def digest_cache_path() -> Path:
-    """Where file digests are remembered: $ENTREP_DIGEST_CACHE or ~/.cache/entrep/weights-digests.json."""
-    env = os.environ.get("ENTREP_DIGEST_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "entrep" / "weights-digests.json"
-
-
-def _file_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    env = os.environ.get("ENTREP_DIGEST_CACHE", "").strip()
+    return Path(env).expanduser() if env else default_hash_root()
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime) in memory and on disk."""
-    path = Path(path)
-    key = _file_key(path)
-    with _DIGEST_LOCK:
-        if key in _DIGEST_MEMO:
-            return _DIGEST_MEMO[key]
-    store = digest_cache_path()
-    known = _read_digests(store)
-    if key in known:
-        digest = known[key]
-    else:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        _remember_digest(store, key, digest)
-    with _DIGEST_LOCK:
-        _DIGEST_MEMO[key] = digest
-    return digest
+    """sha256 of a file's bytes, remembered per (path, size, mtime) by the one content-hash memo."""
+    from entrep.data.hashing import HashCache
+
+    return HashCache(root=digest_cache_root()).sha256_one(path)
 
 
 def weights_digest(paths: Iterable[str | Path]) -> str:
@@ -318,30 +292,6 @@ def weights_digest(paths: Iterable[str | Path]) -> str:
         h.update(p.name.encode())
         h.update(file_digest(p).encode())
     return h.hexdigest()
-
-
-def _read_digests(store: Path) -> dict[str, str]:
-    try:
-        data = json.loads(store.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _remember_digest(store: Path, key: str, digest: str) -> None:
-    try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        with open(store.with_suffix(".lock"), "a") as lockf:
-            fcntl.flock(lockf, fcntl.LOCK_EX)
-            try:
-                data = _read_digests(store)
-                data = {k: v for k, v in data.items() if Path(k.split("|")[0]).exists()}
-                data[key] = digest
-                write_text_atomic(store, json.dumps(data, indent=0, sort_keys=True))
-            finally:
-                fcntl.flock(lockf, fcntl.LOCK_UN)
-    except OSError as e:  # a read-only home must not stop anyone: the digest is just recomputed next time
-        log.debug("could not remember weights digest in %s: %s", store, e)
 
 
 # ---- reading checkpoint files -------------------------------------------
