@@ -179,10 +179,10 @@ class GalleryIndex:
         with self._lock:
             saved = self._store.snapshot()
             try:
-                old = self._rows()
                 new_ids, _ = self._store.append(metadata)
                 target = backend.resolve_kind(self.requested_kind, len(self), self.auto_threshold)
                 if self._faiss is None or target != self._kind:
+                    old = backend.row_vectors(self._faiss, self._kind, saved[0], self.dim)  # rows before this add
                     if self._faiss is not None:
                         log.info("gallery grew to %d rows: switching index from %s to %s", len(self), self._kind, target)
                     self._build(target, np.concatenate([old, vecs]) if len(old) else vecs)
