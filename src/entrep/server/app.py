@@ -268,6 +268,8 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
                                      "`entrep serve --report DIR`")
         return FileResponse(state.report_file, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
+    from entrep.server.review_api import add_review_routes  # POST /api/review (docs/review.md)
+    add_review_routes(app, state)
     return app
 
 
