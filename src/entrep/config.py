@@ -104,7 +104,7 @@ class FinetuneConfig:
     mixup: float = 0.2
     seed: int = 0
     patience: int = 2
-    cls_layers: int = 4
+    cls_layers: int = 4  # ViTs: class tokens of the last L blocks fused (0: keep the encoder's pooling)
     contrastive_weight: float = 0.5
 
     def __post_init__(self) -> None:
@@ -121,7 +121,7 @@ class FinetuneConfig:
             "input_size": (self.input_size, _pos(self.input_size, integer=True) or ("" if self.input_size >= 32 else "must be >= 32")),
             "mixup": (self.mixup, _unit(self.mixup)), "seed": (self.seed, _pos(self.seed, integer=True, zero=True)),
             "patience": (self.patience, _pos(self.patience, integer=True)),
-            "cls_layers": (self.cls_layers, _pos(self.cls_layers, integer=True)),
+            "cls_layers": (self.cls_layers, _pos(self.cls_layers, integer=True, zero=True)),
             "contrastive_weight": (self.contrastive_weight, _pos(self.contrastive_weight, zero=True)),
         })
 
