@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-__all__ = ["EntrepModel", "fit", "load", "__version__"]
+__all__ = ["EntrepModel", "fit", "load", "review_exam", "__version__"]
 
 
 def load(path, *, cache=None, device=None):
@@ -35,6 +35,13 @@ def fit(data, *, out=None, val=None, config=None, profile=None, cache=None, devi
 
     return fit_model(data, out=out, val=val, config=config, profile=profile, cache=cache, device=device,
                      progress=progress, resume=resume, stage=stage)
+
+
+def review_exam(model, exam, *, fps=2.0, require=None, out=None, progress=False, config=None) -> dict:
+    """Review an exam (a video or a folder of frames) with a fitted model: sites, best frames, what is missing."""
+    from entrep.review import review_exam as run_review
+
+    return run_review(model, exam, fps=fps, require=require, out=out, progress=progress, config=config)
 
 
 def __getattr__(name: str):
