@@ -77,6 +77,33 @@ def gallery_rows(model, data: Dataset) -> tuple[np.ndarray, list[dict]]:
     return model.retrieval_vectors(feats), gallery_metadata(data.records, model.taxonomy, hashes, labels)
 
 
+def update_gallery(model, hashes: list[str], rows) -> dict:
+    """Build ``model.gallery`` or bring it up to date with the items whose content hashes are ``hashes``.
+
+    Rows whose content is no longer present are removed; only new items are
+    turned into vectors, by ``rows(indices) -> (vectors, metadata)``. Images and
+    embedding shards (``retrieval.shards``) share this one rule.
+    """
+    from entrep.retrieval.index import GalleryIndex
+
+    if model.gallery is not None:
+        old = model.gallery
+        old_hash = {m.content_hash: m.id for m in old.items}
+        new_hash = set(hashes)
+        gone = [i for h, i in old_hash.items() if h not in new_hash]
+        add_idx = [k for k, h in enumerate(hashes) if h not in old_hash]
+        if gone:
+            old.remove(gone)
+        if add_idx:
+            old.add(*rows(add_idx))
+        return {"removed": len(gone), "added": len(add_idx), "size": len(old)}
+    vecs, meta = rows(list(range(len(hashes))))
+    index = GalleryIndex(vecs.shape[1])
+    index.add(vecs, meta)
+    model.gallery = index
+    return {"removed": 0, "added": len(meta), "size": len(index)}
+
+
 def build_gallery(model, data: Dataset) -> dict:
     """(Re)build the model's search index over ``data``.
 
@@ -84,23 +111,5 @@ def build_gallery(model, data: Dataset) -> dict:
     removed and only new images are embedded and added (the feature cache makes
     unchanged images free). Unlabelled images get the model's predicted label.
     """
-    from entrep.retrieval.index import GalleryIndex
-
-    if model.gallery is not None:
-        old = model.gallery
-        old_hash = {m.content_hash: m.id for m in old.items}
-        hashes = model.file_hashes([r.image for r in data.records])
-        new_hash = set(hashes)
-        gone = [i for h, i in old_hash.items() if h not in new_hash]
-        add_idx = [k for k, h in enumerate(hashes) if h not in old_hash]
-        if gone:
-            old.remove(gone)
-        if add_idx:
-            vecs, meta = gallery_rows(model, data.subset(add_idx))
-            old.add(vecs, meta)
-        return {"removed": len(gone), "added": len(add_idx), "size": len(old)}
-    vecs, meta = gallery_rows(model, data)
-    index = GalleryIndex(vecs.shape[1])
-    index.add(vecs, meta)
-    model.gallery = index
-    return {"removed": 0, "added": len(meta), "size": len(index)}
+    hashes = model.file_hashes([r.image for r in data.records])
+    return update_gallery(model, hashes, lambda idx: gallery_rows(model, data.subset(idx)))

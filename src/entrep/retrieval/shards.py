@@ -62,7 +62,7 @@ def _gallery_rows(model, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[
 def gallery_from_shards(model, folder: str | Path, *, rebuild: bool = False) -> dict:
     """Build or update ``model.gallery`` from the complete shards in ``folder``; returns removed/added/size."""
     from entrep.distribute import read_shards
-    from entrep.retrieval.index import GalleryIndex
+    from entrep.retrieval.gallery import update_gallery
 
     folder = Path(folder)
     manifest, cols = read_shards(folder)
@@ -70,23 +70,7 @@ def gallery_from_shards(model, folder: str | Path, *, rebuild: bool = False) -> 
     hashes = [str(h) for h in cols["content_hash"]]
     if rebuild:
         model.gallery = None
-    if model.gallery is not None:
-        old = model.gallery
-        old_hash = {it.content_hash: it.id for it in old.items}
-        new_hash = set(hashes)
-        gone = [i for h, i in old_hash.items() if h not in new_hash]
-        add = [k for k, h in enumerate(hashes) if h not in old_hash]
-        if gone:
-            old.remove(gone)
-        if add:
-            vecs, meta = _gallery_rows(model, {k: v[add] for k, v in cols.items()})
-            old.add(vecs, meta)
-        return {"removed": len(gone), "added": len(add), "size": len(old)}
-    vecs, meta = _gallery_rows(model, cols)
-    index = GalleryIndex(vecs.shape[1])
-    index.add(vecs, meta)
-    model.gallery = index
-    return {"removed": 0, "added": len(meta), "size": len(index)}
+    return update_gallery(model, hashes, lambda idx: _gallery_rows(model, {k: v[idx] for k, v in cols.items()}))
 
 
 def index_with_engine(model, data, engine, *, rebuild: bool = False, workdir: str | Path | None = None) -> dict:
