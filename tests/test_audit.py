@@ -16,7 +16,7 @@ from PIL import Image, ImageEnhance
 from typer.testing import CliRunner
 
 from entrep.cli import app
-from entrep.data.audit import _hamming_pairs, audit_datasets
+from entrep.data.audit import hamming_pairs, audit_datasets
 from entrep.data.records import DataError, Dataset, Record, write_manifest
 from entrep.taxonomy import ENT
 
@@ -168,7 +168,7 @@ def test_hamming_search_matches_brute_force_and_scales():
     h[1500] = h[3] ^ np.uint64(0b1011)  # distance 3
     h[1700] = h[1500]  # distance 0
     t = time.perf_counter()
-    pairs = _hamming_pairs(h, 4)
+    pairs = hamming_pairs(h, 4)
     assert time.perf_counter() - t < 5.0  # 2 million pairs, vectorised
     assert {(a, b) for a, b, _ in pairs} == {(3, 1500), (3, 1700), (1500, 1700)}
     assert {d for *_, d in pairs} == {0, 3}

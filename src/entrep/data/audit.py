@@ -223,7 +223,7 @@ def audit_datasets(
     edges = []
     if len(ok_idx) > 1:
         hashes = np.array([results[i][1] for i in ok_idx], dtype=np.uint64)
-        for a, b, d in _hamming_pairs(hashes, near_threshold):
+        for a, b, d in hamming_pairs(hashes, near_threshold):
             # confirm: look-alike views of the same anatomy can share a 64-bit pHash, not their thumbnails
             ta, tb = results[ok_idx[a]][2], results[ok_idx[b]][2]
             if min_correlation is None or float(ta @ tb) >= min_correlation:
@@ -346,7 +346,7 @@ def _hash_all(paths: list[Path], progress: Callable[[int], None] | None, memo: H
     return out
 
 
-def _hamming_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int, int]]:
+def hamming_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int, int]]:
     """Index pairs (i < j) of 64-bit hashes within ``threshold`` bits, by blocks of rows."""
     n = len(hashes)
     block = max(1, 4_000_000 // n)

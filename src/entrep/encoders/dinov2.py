@@ -274,9 +274,9 @@ class DinoV2Encoder(ImageEncoder):
 
     def encode_layers(self, images, layers: Sequence[int], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         """CLS token after each block in ``layers``: (N, L, width) float32."""
-        from entrep.encoders.openclip import _encode_layers
+        from entrep.encoders.openclip import encode_layers
 
-        return _encode_layers(self, images, layers, batch_size=batch_size, normalize=normalize)
+        return encode_layers(self, images, layers, batch_size=batch_size, normalize=normalize)
 
 
 def _weights_file(name: str, arch: str, weights) -> tuple[Path, str]:

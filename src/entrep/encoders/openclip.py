@@ -308,10 +308,10 @@ class ClipImageEncoder(ImageEncoder):
 
     def encode_layers(self, images, layers: Sequence[int], *, batch_size: int = 32, normalize: bool = True) -> np.ndarray:
         """CLS token after each block in ``layers``: (N, L, width) float32."""
-        return _encode_layers(self, images, layers, batch_size=batch_size, normalize=normalize)
+        return encode_layers(self, images, layers, batch_size=batch_size, normalize=normalize)
 
 
-def _encode_layers(enc: ImageEncoder, images, layers, *, batch_size: int, normalize: bool) -> np.ndarray:
+def encode_layers(enc: ImageEncoder, images, layers, *, batch_size: int, normalize: bool) -> np.ndarray:
     from entrep.data.images import load_rgb
 
     parts = enc.vit

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -40,26 +39,10 @@ DEFAULT_QUEUE_TIMEOUT_S = 30.0
 MAX_DECODED_SIDE = 2048
 
 
-def _tokens(name: str) -> list[str]:
-    return [t for t in re.split(r"[\s_\-]+", name) if t]
-
-
 def label_parts(taxonomy, label: str) -> dict[str, str | None]:
-    """Side or state of a fine class within its group, derived from the taxonomy.
-
-    The part of the class name that is not the group name: ``nose-left`` in
-    group ``nose`` -> side ``left``; ``vc-open`` in group ``vc`` -> state ``open``.
-    It is a *side* when the class has a mirror partner (laterality), else a
-    *state*; both are None when the group has a single class (``throat``).
-    """
-    group = taxonomy.group_of(label)
-    if len(taxonomy.members(group)) < 2:
-        return {"side": None, "state": None}
-    group_tokens = {t.lower() for t in _tokens(group)}
-    rest = "-".join(t for t in _tokens(label) if t.lower() not in group_tokens) or label
-    if label in taxonomy.mirrors:
-        return {"side": rest, "state": None}
-    return {"side": None, "state": rest}
+    """Side or state of a fine class, as the page shows it (the taxonomy derives it: ``Taxonomy.label_parts``)."""
+    parts = taxonomy.label_parts(label)
+    return {"side": parts["side"], "state": parts["state"]}
 
 
 def _meta(item: Any, key: str) -> Any:
