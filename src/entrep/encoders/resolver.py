@@ -12,9 +12,11 @@ Source forms (open_clip's naming scheme):
 
 Precedence for an encoder: the explicit ``weights`` argument, then the
 environment variable ``ENTREP_WEIGHTS_<NAME>`` (e.g. ``ENTREP_WEIGHTS_BIOMEDCLIP``),
-then the encoder's default. An unreachable hub never produces a pile of
-retries and tracebacks: the hub is probed once (a few seconds at most) and the
-user gets one line saying how to point at local weights.
+then the encoder's default. A failing hub never produces a pile of retries and
+tracebacks: it is asked once (:func:`probe_hub`, ``ENTREP_HUB_TIMEOUT`` seconds,
+default 10, through the environment's proxies) and the user gets one line
+naming the cause (network, auth, missing file, hub error) and how to point at
+local weights.
 """
 
 from __future__ import annotations
@@ -174,16 +176,56 @@ def offline_mode() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ENTREP_OFFLINE"))
 
 
-def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
-    """Probe the hub endpoint once (DNS + TCP connect). Returns (ok, reason)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    u = urlparse(endpoint)
-    host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme != "http" else 80)
+def hub_timeout() -> float:
+    """Seconds the hub probe may take (``ENTREP_HUB_TIMEOUT``, default 10)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True, ""
-    except OSError as e:
-        return False, f"{host} unreachable: {e.strerror or e}"
+        return max(0.5, float(os.environ.get("ENTREP_HUB_TIMEOUT", "10")))
+    except ValueError:
+        return 10.0
+
+
+def probe_hub(repo: str, timeout: float | None = None) -> tuple[bool, str]:
+    """Ask the hub about ``repo`` once, within ``timeout`` seconds. Returns (ok, cause).
+
+    One HTTP request to ``$HF_ENDPOINT/api/models/REPO`` through the proxies of
+    the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``), so every
+    failure is known before any download starts, and named: network (no route,
+    DNS, refused, no answer in time), auth (401/403), missing repository (404)
+    or a hub error (5xx). The causes are short phrases for one error line.
+    """
+    import urllib.error
+    import urllib.request
+
+    timeout = hub_timeout() if timeout is None else timeout
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/api/models/{repo}"
+    headers = {"User-Agent": "entrep"}
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    host = urlparse(endpoint).hostname or endpoint
+    via = " through the proxy" if urllib.request.getproxies() and not urllib.request.proxy_bypass(host) else ""
+    try:
+        # a fresh opener reads the proxy variables now (urlopen's global one keeps those of its first use)
+        with urllib.request.build_opener().open(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
+            r.read(1)
+        return True, ""
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return False, (f"auth: the hub refused access to {repo} (HTTP {e.code}); log in "
+                           "(huggingface-cli login) or set HF_TOKEN")
+        if e.code == 404:
+            return False, f"missing file: the hub has no repository {repo} (HTTP 404)"
+        return False, f"hub error: {host}{via} answered HTTP {e.code}"
+    except (TimeoutError, socket.timeout):
+        return False, f"network: {host}{via} did not answer within {timeout:g} s"
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return False, f"network: {host}{via} did not answer within {timeout:g} s"
+        return False, f"network: cannot reach {host}{via} ({getattr(reason, 'strerror', None) or reason})"
+    except (OSError, ValueError) as e:
+        return False, f"network: cannot reach {host}{via} ({getattr(e, 'strerror', None) or e})"
 
 
 def hub_files(
@@ -231,13 +273,13 @@ def hub_files(
     if offline_mode():
         raise WeightsError(f"{encoder_name}: {where} is not in the local Hugging Face cache and offline mode is on "
                            f"(missing {', '.join(missing)}); {how_to_point(encoder_name, example)}")
-    ok, reason = hub_reachable()
+    ok, reason = probe_hub(repo)
     if not ok:
-        raise WeightsError(f"{encoder_name}: cannot download {where} ({reason}); {how_to_point(encoder_name, example)}")
+        raise WeightsError(f"{encoder_name}: cannot download {where}: {reason}; {how_to_point(encoder_name, example)}")
 
     def fetch(name: str) -> Path | None:
         try:
-            return Path(hf_hub_download(repo, name))
+            return Path(hf_hub_download(repo, name, etag_timeout=hub_timeout()))
         except EntryNotFoundError:
             return None
         except Exception as e:  # network/auth errors from huggingface_hub: one line, with the fix
