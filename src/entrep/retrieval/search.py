@@ -202,6 +202,8 @@ def text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
 
 def _scores_from_rankings(score_rows: list[np.ndarray], rel_rows: list[np.ndarray]) -> dict:
     """Recall@1/5/10 and MRR from full score rows; ties ranked pessimistically."""
+    from entrep.retrieval.metrics import rank_with_ties, scores_from_ranks
+
     ranks = [int(rank_with_ties(s, r)) if len(s) else 0 for s, r in zip(score_rows, rel_rows)]
     return scores_from_ranks(np.array(ranks, dtype=np.int64), (1, 5, 10))
 
