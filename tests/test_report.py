@@ -15,10 +15,10 @@ from entrep.errors import UserError
 from entrep.report import plots
 from entrep.report.html import scrub_names, write_report
 from entrep.report.metrics import fine_and_coarse_summary
+from entrep.report.document import report_markdown
 from entrep.report.tables import (
     classification_table,
     comparison_table,
-    report_markdown,
     retrieval_table,
     threshold_table,
 )

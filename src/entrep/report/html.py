@@ -24,13 +24,11 @@ from entrep.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from entrep.errors import UserError
 from entrep.report import plots
 from entrep.report.metrics import confusion_from_summary
+from entrep.report.document import Block, report_blocks, report_markdown
 from entrep.report.tables import (
     LEVEL_NAMES,
-    Block,
     Table,
     ordered_systems,
-    report_blocks,
-    report_markdown,
     summaries,
     system_label,
 )
