@@ -6,63 +6,29 @@ import numpy as np
 import pytest
 
 from entrep.errors import UserError
-from entrep.retrieval.metrics import (
-    mrr,
-    rank_of_first_relevant,
-    rank_with_ties,
-    recall_at_k,
-    retrieval_scores,
-    scores_from_ranks,
-)
-
-# Three queries, best first. First relevant at rank 2, rank 1, nowhere.
-LISTS = [[False, True, False, True], [True, False, False, False], [False, False, False, False]]
+from entrep.retrieval.metrics import rank_with_ties, scores_from_ranks
 
 
-def test_rank_of_first_relevant_single_and_many():
-    assert rank_of_first_relevant([False, False, True]) == 3
-    assert rank_of_first_relevant([False, False]) == 0
-    assert rank_of_first_relevant(np.array([True, True])) == 1
-    assert rank_of_first_relevant(LISTS).tolist() == [2, 1, 0]
-    # ragged lists: a search that found fewer than k rows
-    assert rank_of_first_relevant([[False, True], [], [False, False, False, True]]).tolist() == [2, 0, 4]
-    assert rank_of_first_relevant(np.array(LISTS)).tolist() == [2, 1, 0]
-
-
-def test_recall_at_k_counts_queries_with_a_hit_in_top_k():
-    assert recall_at_k(LISTS, 1) == pytest.approx(1 / 3)
-    assert recall_at_k(LISTS, 2) == pytest.approx(2 / 3)
-    assert recall_at_k(LISTS, 10) == pytest.approx(2 / 3)  # the third query never hits
-    assert recall_at_k([], 5) == 0.0
+def test_recall_and_mrr_from_hand_computed_ranks():
+    # first relevant item at rank 2, rank 1, nowhere
+    s = scores_from_ranks([2, 1, 0], ks=(1, 2, 10))
+    assert s["recall@1"] == pytest.approx(1 / 3)
+    assert s["recall@2"] == pytest.approx(2 / 3)
+    assert s["recall@10"] == pytest.approx(2 / 3)  # the third query never hits
+    assert s["mrr"] == pytest.approx(0.5)
+    assert s["n_queries"] == 3
+    assert scores_from_ranks([], ks=(5,)) == {"recall@5": 0.0, "mrr": 0.0, "n_queries": 0, "n_without_relevant": 0}
     with pytest.raises(UserError):
-        recall_at_k(LISTS, 0)
+        scores_from_ranks([1], ks=(0,))
 
 
-def test_mrr_hand_computed():
-    # (1/2 + 1/1 + 0) / 3
-    assert mrr(LISTS) == pytest.approx(0.5)
-    assert mrr([[False, False, True]]) == pytest.approx(1 / 3)
-    assert mrr([]) == 0.0
-
-
-def test_retrieval_scores_keys_and_values():
-    s = retrieval_scores(LISTS)
-    assert s == pytest.approx({"recall@1": 1 / 3, "recall@5": 2 / 3, "recall@10": 2 / 3, "mrr": 0.5,
-                               "n_queries": 3, "n_without_relevant": 1})
-    s = retrieval_scores(LISTS, ks=(2,))
-    assert set(s) == {"recall@2", "mrr", "n_queries", "n_without_relevant"}
-
-
-def test_truncated_lists_need_has_relevant_to_count_unanswerable_queries():
-    # query 2 has relevant items in the gallery but none in its top 4; query 3 has none at all
-    lists = [[True, False], [False, False], [False, False]]
-    s = retrieval_scores(lists, ks=(1,), has_relevant=[True, True, False])
-    assert s["n_without_relevant"] == 1
-    assert s["recall@1"] == pytest.approx(1 / 3)  # unanswerable queries stay in the denominator
-    with pytest.raises(UserError, match="has_relevant"):
-        retrieval_scores(lists, has_relevant=[False, True, True])  # query 1 found a relevant item
-    with pytest.raises(UserError, match="entries"):
-        retrieval_scores(lists, has_relevant=[True])
+def test_truncated_rankings_need_has_relevant_to_count_unanswerable_queries():
+    s = scores_from_ranks([1, 0, 0], ks=(1,), has_relevant=[True, True, False])
+    assert s["n_without_relevant"] == 1 and s["recall@1"] == pytest.approx(1 / 3)
+    with pytest.raises(UserError):
+        scores_from_ranks([0, 1, 1], has_relevant=[False, False, True])  # query 1 found a relevant item
+    with pytest.raises(UserError):
+        scores_from_ranks([1, 1], has_relevant=[True])
 
 
 def test_rank_with_ties_is_pessimistic():

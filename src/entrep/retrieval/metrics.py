@@ -4,18 +4,12 @@ A query's *rank* is the 1-based position of its first relevant item; 0 means
 no relevant item was found. Recall@K is the fraction of queries whose rank is
 in 1..K (at least one relevant item in the top K); MRR is the mean of 1/rank
 (0 for rank 0). Queries with no relevant item anywhere in the gallery stay in
-the denominator and score 0; :func:`retrieval_scores` reports how many there
+the denominator and score 0; :func:`scores_from_ranks` reports how many there
 were (``n_without_relevant``) so a low score can be told apart from a gallery
 that cannot answer.
 
-Two ways in:
-
-- ranked relevance lists (what a search returned, best first, True where
-  relevant): :func:`rank_of_first_relevant`, :func:`recall_at_k`, :func:`mrr`,
-  :func:`retrieval_scores`;
-- raw scores over the whole gallery plus a relevance mask:
-  :func:`rank_with_ties` (ties broken pessimistically), then
-  :func:`scores_from_ranks`.
+Raw scores over the whole gallery plus a relevance mask go through
+:func:`rank_with_ties` (ties broken pessimistically), then :func:`scores_from_ranks`.
 """
 
 from __future__ import annotations
@@ -29,65 +23,10 @@ from entrep.errors import UserError
 DEFAULT_KS = (1, 5, 10)
 
 
-def _lists(ranked_relevance) -> list[np.ndarray]:
-    """Normalise one list or many (possibly ragged) lists to a list of 1-D bool arrays."""
-    if isinstance(ranked_relevance, np.ndarray):
-        if ranked_relevance.ndim == 1:
-            return [ranked_relevance.astype(bool)]
-        if ranked_relevance.ndim == 2:
-            return [row.astype(bool) for row in ranked_relevance]
-        raise UserError(f"ranked relevance must be 1-D or 2-D, got shape {ranked_relevance.shape}")
-    rows = list(ranked_relevance)
-    if rows and all(np.ndim(r) == 0 for r in rows):
-        return [np.asarray(rows, dtype=bool)]
-    out = []
-    for r in rows:
-        a = np.asarray(r, dtype=bool)
-        if a.ndim != 1:
-            raise UserError(f"each ranked relevance list must be 1-D, got shape {a.shape}")
-        out.append(a)
-    return out
-
-
-def _is_single(ranked_relevance) -> bool:
-    if isinstance(ranked_relevance, np.ndarray):
-        return ranked_relevance.ndim == 1
-    rows = list(ranked_relevance)
-    return bool(rows) and all(np.ndim(r) == 0 for r in rows)
-
-
-def rank_of_first_relevant(ranked_relevance) -> int | np.ndarray:
-    """1-based rank of the first True in a ranked list (0 when none).
-
-    One list (``[False, True, ...]``) gives an int; many lists (a 2-D array or
-    a list of lists, ragged allowed) give an int array with one rank per list.
-    """
-    single = _is_single(ranked_relevance)
-    ranks = np.array([int(np.argmax(r)) + 1 if r.any() else 0 for r in _lists(ranked_relevance)], dtype=np.int64)
-    return int(ranks[0]) if single else ranks
-
-
 def _check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise UserError(f"k must be a positive integer, got {k!r}")
     return int(k)
-
-
-def _ranks(ranked_relevance_lists) -> np.ndarray:
-    return np.atleast_1d(rank_of_first_relevant(ranked_relevance_lists))
-
-
-def recall_at_k(ranked_relevance_lists, k: int) -> float:
-    """Fraction of queries with at least one relevant item in the top ``k`` (0.0 for no queries)."""
-    k = _check_k(k)
-    ranks = _ranks(ranked_relevance_lists) if len(ranked_relevance_lists) else np.zeros(0, dtype=np.int64)
-    return _recall_from_ranks(ranks, k)
-
-
-def mrr(ranked_relevance_lists) -> float:
-    """Mean reciprocal rank of the first relevant item; a query without one scores 0 (0.0 for no queries)."""
-    ranks = _ranks(ranked_relevance_lists) if len(ranked_relevance_lists) else np.zeros(0, dtype=np.int64)
-    return _mrr_from_ranks(ranks)
 
 
 def _recall_from_ranks(ranks: np.ndarray, k: int) -> float:
@@ -132,24 +71,6 @@ def scores_from_ranks(
     out["n_queries"] = int(r.size)
     out["n_without_relevant"] = n_without
     return out
-
-
-def retrieval_scores(
-    ranked_relevance_lists,
-    ks: Iterable[int] = DEFAULT_KS,
-    *,
-    has_relevant: Sequence[bool] | np.ndarray | None = None,
-) -> dict:
-    """Recall@K for each K, MRR, ``n_queries`` and ``n_without_relevant`` from ranked relevance lists.
-
-    One list per query, best first, True where relevant (a single flat list
-    is one query). See
-    :func:`scores_from_ranks` for ``has_relevant`` (pass it when the lists are
-    truncated top-K results, so queries whose gallery holds no relevant item
-    are counted correctly).
-    """
-    ranks = _ranks(ranked_relevance_lists) if len(ranked_relevance_lists) else np.zeros(0, dtype=np.int64)
-    return scores_from_ranks(ranks, ks, has_relevant=has_relevant)
 
 
 def rank_with_ties(scores, relevant, *, exclude=None) -> int | np.ndarray:
