@@ -94,12 +94,12 @@ def test_tune_threshold_picks_best_accuracy_and_prefers_higher_on_ties():
 
 
 def test_side_free_text_rankings_show_both_sides_early():
-    from entrep.retrieval.search import diversify_sides, names_a_side
+    from entrep.retrieval.search import diversify_sides
 
     ranked = ["nose-left", "nose-left", "nose-left", "nose-right", "throat"]
     assert diversify_sides(ranked, ENT) == [0, 3, 1, 2, 4]
     assert diversify_sides(["vc-open", "vc-open", "vc-closed"], ENT) == [0, 1, 2]  # states are not sides
     assert diversify_sides(["nose-left", "nose-right", "nose-left"], ENT) == [0, 1, 2]
-    assert names_a_side("perforation in the left ear", ENT)
-    assert not names_a_side("a spur on the septum", ENT)
-    assert not names_a_side("nasal polyp", ENT)
+    assert ENT.names_a_side("perforation in the left ear")
+    assert not ENT.names_a_side("a spur on the septum")
+    assert not ENT.names_a_side("nasal polyp")

@@ -152,11 +152,11 @@ def test_search_cli_text_and_image(tiny_model_dir, tiny_data_dir):
 
 def test_text_search_auto_filter_uses_the_class_named(tiny_model_dir):
     from entrep.model import load_model
-    from entrep.retrieval.search import class_named_in, search_text
+    from entrep.retrieval.search import search_text
 
-    assert class_named_in("a perforation in the left ear", ENT) == {"ear-left"}
-    assert class_named_in("nasal polyp", ENT) == {"nose-left", "nose-right"}
-    assert class_named_in("a spur on the septum", ENT) is None
+    assert ENT.classes_named_in("a perforation in the left ear") == {"ear-left"}
+    assert ENT.classes_named_in("nasal polyp") == {"nose-left", "nose-right"}
+    assert ENT.classes_named_in("a spur on the septum") is None
     res = search_text(load_model(tiny_model_dir), "left ear, intact membrane", k=3, filter="auto")
     assert all(h["label"] == "ear-left" for h in res["results"])
 

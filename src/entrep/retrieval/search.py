@@ -10,9 +10,7 @@ to the class the text names ("auto") or to a given class.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -60,25 +58,6 @@ def allowed_labels(model, filter: str, predicted: str | None) -> set[str] | None
     raise UserError(f"unknown filter {filter!r}; use fine, coarse, none, a class ({', '.join(tax.classes)}) or a group")
 
 
-def class_named_in(text: str, taxonomy) -> set[str] | None:
-    """Classes a free-text query names explicitly, e.g. 'left ear' -> {ear-left}.
-
-    Every word of a class name (split on '-', '_', spaces) must appear; 'nasal'
-    counts as 'nose'. Returns the matching classes (several for a bare group
-    word, e.g. 'ear' -> both ears), or None when no class is named.
-    """
-    words = set(re.findall(r"[a-z]+", text.lower()))
-    synonyms = {"nasal": "nose", "nostril": "nose", "vocal": "vc", "cords": "vc", "larynx": "vc", "pharynx": "throat"}
-    words |= {synonyms[w] for w in words if w in synonyms}
-    full = {c for c in taxonomy.classes if set(re.split(r"[\s_\-]+", c.lower())) <= words}
-    if full:
-        return full
-    groups = {g for g in taxonomy.group_names if g.lower() in words}
-    if groups:
-        return {c for g in groups for c in taxonomy.members(g)}
-    return None
-
-
 def search_image(model, image: str | Path | Image.Image, *, k: int = 10, filter: str | None = None,
                  space: str | None = None, hide_names: bool = False) -> dict:
     """Similar gallery images for one query image. Returns {"prediction", "results"}."""
@@ -116,7 +95,7 @@ def search_text(model, text: str, *, k: int = 10, filter: str = "none", hide_nam
         raise UserError(f"k must be >= 1, got {k}")
     labels = None
     if filter == "auto":
-        labels = class_named_in(text, model.taxonomy)
+        labels = model.taxonomy.classes_named_in(text)
     elif filter != "none":
         labels = allowed_labels(model, filter, None)
     u = model.embed_texts([text.strip()])
@@ -125,19 +104,13 @@ def search_text(model, text: str, *, k: int = 10, filter: str = "none", hide_nam
     # look deeper than k so the other side of the region can be found for diversify_sides
     hits = gallery.search(q, k + 50, allowed=[labels] if labels is not None else None)[0]
     order_kind = "score"
-    if not names_a_side(text, model.taxonomy):
+    if not model.taxonomy.names_a_side(text):
         order = diversify_sides([h.metadata.label for h in hits], model.taxonomy)
         if order[: k] != list(range(min(k, len(order)))):
             order_kind = "side-diversified"  # the other side's best hit moved up to second place
         hits = [hits[i] for i in order]
     return {"filter": filter, "classes": sorted(labels) if labels else None, "order": order_kind,
             "results": [_hit_dict(h, hide_names) for h in hits[:k]]}
-
-
-def names_a_side(text: str, taxonomy) -> bool:
-    """True when the text names one class of a mirror pair (e.g. 'left ear')."""
-    named = class_named_in(text, taxonomy)
-    return bool(named) and any(taxonomy.mirror_of(c) not in named for c in named if taxonomy.mirror_of(c) != c)
 
 
 def diversify_sides(ranked_labels: list, taxonomy) -> list[int]:
@@ -260,7 +233,7 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
         for qi, (text, nm) in enumerate(queries):
             target = idx[nm]
             s = T[qi]
-            if not names_a_side(text, tax):  # same ranking rule as search_text
+            if not tax.names_a_side(text):  # same ranking rule as search_text
                 s = side_diversified_scores(s, labels, tax)
             cls_s.append(s)
             cls_r.append(labels == labels[target])
