@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from entrep.cli import app
+from entrep.model import load_model
 from entrep.taxonomy import ENT, Taxonomy
 
 runner = CliRunner()

@@ -66,7 +66,7 @@ def _adhoc_gallery(model, folder: Path):
 
 def make_submission(model, track: int, queries_csv: Path, images: Path, out: Path, *, filter: str | None = None) -> dict:
     from entrep.data.readers import read_queries
-    from entrep.retrieval.search import text_query_vector, allowed_labels
+    from entrep.retrieval.search import image_hits, text_query_vector
     from entrep.challenge.format import check_submission, unique_queries, write_submission
 
     queries = read_queries(queries_csv)
@@ -83,29 +83,12 @@ def make_submission(model, track: int, queries_csv: Path, images: Path, out: Pat
     else:
         gallery = _adhoc_gallery(model, images)
         summary["gallery"] = len(gallery)
-        items = gallery.items
-        names = {m.name for m in items}
-        by_name = {m.name: m.id for m in items}
-        by_hash: dict[str, set] = {}
-        for m in items:
-            by_hash.setdefault(m.content_hash, set()).add(m.id)
+        names = {m.name for m in gallery.items}
         if track == 2:
             paths = _resolve_query_images(uniq, images)
             _check_readable(paths)
-            feats = model.image_features(paths)
-            dec, _ = model.predict_features(feats)
-            q = model.retrieval_vectors(feats)
-            flt = filter or model.config.retrieval.filter
-            labels = [allowed_labels(model, flt, model.taxonomy.class_name(int(c))) for c in dec.fine]
-            # the query itself (and byte-identical copies of it) is never an answer
-            exclude = [by_hash.get(h, set()) | ({by_name[p.name]} if p.name in by_name else set())
-                       for p, h in zip(paths, model.file_hashes(paths))]
-            hits = gallery.search(q, 1, allowed=None if flt == "none" else labels, exclude_ids=exclude)
-            # a class filter can leave nothing (a gallery without that class): fall back to unfiltered
-            for i, h in enumerate(hits):
-                if not h:
-                    log.warning("query %s: no candidate of class %s; searching all classes", uniq[i], labels[i])
-                    hits[i] = gallery.search(q[i : i + 1], 1, exclude_ids=[exclude[i]])[0]
+            # the one image-search rule; a class filter that leaves nothing falls back to every class
+            _, _, hits = image_hits(model, paths, k=1, filter=filter, gallery=gallery, fallback=True)
         else:
             empty = [t for t in uniq if not t.strip()]
             if empty:

@@ -58,31 +58,58 @@ def allowed_labels(model, filter: str, predicted: str | None) -> set[str] | None
     raise UserError(f"unknown filter {filter!r}; use fine, coarse, none, a class ({', '.join(tax.classes)}) or a group")
 
 
-def search_image(model, image: str | Path | Image.Image, *, k: int = 10, filter: str | None = None,
-                 space: str | None = None, hide_names: bool = False) -> dict:
-    """Similar gallery images for one query image. Returns {"prediction", "results"}."""
-    gallery = _require_gallery(model)
+def _content_hashes(model, images) -> list[str | None]:
+    """Content hash of each query: files through the memo, uploads by the hash the server attached."""
+    paths = [im for im in images if isinstance(im, (str, Path))]
+    by_path = dict(zip(map(str, paths), model.file_hashes(paths))) if paths else {}
+    return [by_path[str(im)] if isinstance(im, (str, Path)) else
+            (im.info.get("sha256") if isinstance(im, Image.Image) else None) for im in images]
+
+
+def image_hits(model, images, *, k: int = 10, filter: str | None = None, space: str | None = None,
+               gallery=None, fallback: bool = False):
+    """Batch image -> image search: ``(decision, predicted labels, hits per query)``.
+
+    The one ranking rule: cosine in the model's retrieval space, candidates
+    restricted by ``filter`` around each query's predicted class, and the query
+    itself (any gallery row with the same content) never returned. With
+    ``fallback`` a query whose filter leaves no candidate (a gallery without
+    that class) is searched over every class, with a warning; submissions use
+    it so that every query is answered.
+    """
+    gallery = gallery if gallery is not None else _require_gallery(model)
     if k < 1:
         raise UserError(f"k must be >= 1, got {k}")
     filter = filter or model.config.retrieval.filter
-    feats = model.image_features([image])
+    images = list(images)
+    feats = model.image_features(images)
     dec, _ = model.predict_features(feats)
-    pred = model.taxonomy.class_name(int(dec.fine[0]))
-    labels = allowed_labels(model, filter, pred)
+    preds = [model.taxonomy.class_name(int(c)) for c in dec.fine]
+    allowed = [allowed_labels(model, filter, p) for p in preds]
     q = model.retrieval_vectors(feats, space)
-    # the query itself (a gallery file, or an upload whose bytes hash like one) is never returned
-    h = None
-    if isinstance(image, (str, Path)):
-        h = model.file_hashes([image])[0]
-    elif isinstance(image, Image.Image):
-        h = image.info.get("sha256")
-    exclude = {m.id for m in gallery.items if h is not None and m.content_hash == h}
-    hits = gallery.search(q, k, allowed=[labels] if labels is not None else None, exclude_ids=[exclude])[0]
+    by_hash: dict[str, set] = {}
+    for m in gallery.items:
+        by_hash.setdefault(m.content_hash, set()).add(m.id)
+    exclude = [by_hash.get(h, set()) if h else set() for h in _content_hashes(model, images)]
+    hits = gallery.search(q, k, allowed=None if filter == "none" else allowed, exclude_ids=exclude)
+    if fallback:
+        for i, h in enumerate(hits):
+            if not h and allowed[i] is not None:
+                log.warning("query %d: no candidate of class %s; searching all classes", i, sorted(allowed[i]))
+                hits[i] = gallery.search(q[i : i + 1], k, exclude_ids=[exclude[i]])[0]
+    return dec, preds, hits
+
+
+def search_image(model, image: str | Path | Image.Image, *, k: int = 10, filter: str | None = None,
+                 space: str | None = None, hide_names: bool = False) -> dict:
+    """Similar gallery images for one query image. Returns {"prediction", "filter", "results"}."""
+    filter = filter or model.config.retrieval.filter
+    dec, preds, hits = image_hits(model, [image], k=k, filter=filter, space=space)
     return {
-        "prediction": {"label": pred, "confidence": float(dec.confidence[0]),
+        "prediction": {"label": preds[0], "confidence": float(dec.confidence[0]),
                        "source": "prototype" if dec.from_prototype[0] else "head"},
         "filter": filter,
-        "results": [_hit_dict(h, hide_names) for h in hits],
+        "results": [_hit_dict(h, hide_names) for h in hits[0]],
     }
 
 
