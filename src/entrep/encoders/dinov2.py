@@ -101,11 +101,12 @@ class LoadReport:
 
 
 # ---- named conversion steps ------------------------------------------------
-def unwrap_checkpoint(obj: dict, report: LoadReport) -> dict:
-    """Descend through teacher/model/state_dict/student/module wrappers to the tensor dict."""
+def unwrap_checkpoint(obj: dict, report: LoadReport, wrappers: tuple[str, ...] = WRAPPERS) -> dict:
+    """Descend through wrapper keys (teacher/model/state_dict/student/module by default) to the tensor dict;
+    training metadata beside the tensors is reported as dropped."""
     d = obj
     while isinstance(d, dict) and not all(isinstance(v, torch.Tensor) for v in d.values()):
-        for w in WRAPPERS:
+        for w in wrappers:
             if isinstance(d.get(w), dict):
                 report.wrapper.append(w)
                 d = d[w]
@@ -117,7 +118,7 @@ def unwrap_checkpoint(obj: dict, report: LoadReport) -> dict:
     if other:
         report.dropped.setdefault("not tensors (training metadata)", []).extend(other)
     if not tensors:
-        raise WeightsError(f"dinov2: {report.path} holds no tensors (top-level keys: {sorted(obj)[:10]})")
+        raise WeightsError(f"{report.path}: holds no tensors (top-level keys: {sorted(obj)[:10]})")
     return tensors
 
 
@@ -131,10 +132,15 @@ def strip_prefixes(sd: dict, report: LoadReport) -> dict:
                                f"heads: {unknown[:8]}")
         report.dropped.setdefault("training-only DINO/iBOT heads", []).extend(heads)
         sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
+    return strip_common_prefixes(sd, report)
+
+
+def strip_common_prefixes(sd: dict, report: LoadReport, prefixes: tuple[str, ...] = PREFIXES) -> dict:
+    """Strip ``module.``/``backbone.``... when every key carries them (repeatedly: ``module.backbone.``)."""
     changed = True
     while changed:
         changed = False
-        for p in PREFIXES:
+        for p in prefixes:
             if sd and all(k.startswith(p) for k in sd):
                 sd = {k[len(p):]: v for k, v in sd.items()}
                 report.prefixes.append(p)

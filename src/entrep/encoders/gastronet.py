@@ -26,7 +26,13 @@ from pathlib import Path
 import torch
 
 from entrep.encoders.config import ImageEncoderConfig, options_tuple
-from entrep.encoders.dinov2 import DinoV2Encoder, LoadReport, resample_pos_embed
+from entrep.encoders.dinov2 import (
+    DinoV2Encoder,
+    LoadReport,
+    resample_pos_embed,
+    strip_common_prefixes,
+    unwrap_checkpoint,
+)
 from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
 from entrep.encoders.registry import register_image_encoder
 from entrep.encoders.resolver import (
@@ -55,33 +61,12 @@ class DomainViTEncoder(DinoV2Encoder):
 
 def unwrap_dino(obj: dict, report: LoadReport) -> dict:
     """The tensor dict of a DINO checkpoint: teacher, else student / state_dict / model; metadata dropped."""
-    d = obj
-    while isinstance(d, dict) and not all(isinstance(v, torch.Tensor) for v in d.values()):
-        w = next((w for w in DINO_WRAPPERS if isinstance(d.get(w), dict)), None)
-        if w is None:
-            break
-        report.wrapper.append(w)
-        d = d[w]
-    tensors = {k: v for k, v in d.items() if isinstance(v, torch.Tensor)}
-    other = sorted(k for k in d if k not in tensors)
-    if other:
-        report.dropped.setdefault("not tensors (training metadata)", []).extend(other)
-    if not tensors:
-        raise WeightsError(f"{report.path}: holds no tensors (top-level keys: {sorted(obj)[:10]})")
-    return tensors
+    return unwrap_checkpoint(obj, report, DINO_WRAPPERS)
 
 
 def strip_known_prefixes(sd: dict, report: LoadReport, prefixes=DINO_PREFIXES) -> dict:
     """Strip ``module.``/``backbone.``... when every key carries them (repeatedly: ``module.backbone.``)."""
-    changed = True
-    while changed:
-        changed = False
-        for p in prefixes:
-            if sd and all(k.startswith(p) for k in sd):
-                sd = {k[len(p):]: v for k, v in sd.items()}
-                report.prefixes.append(p)
-                changed = True
-    return sd
+    return strip_common_prefixes(sd, report, prefixes)
 
 
 def dino_to_timm(sd: dict, report: LoadReport) -> dict:
