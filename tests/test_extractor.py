@@ -3,31 +3,12 @@ replace the profile's (with their own cache entries), encoders are built only wh
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from entrep.data.augment import list_views
-from entrep.encoders.base import ImageEncoder
-from entrep.encoders.config import ImageEncoderConfig
-from entrep.encoders.pooling import pool_map
 from entrep.errors import EntrepError
 from entrep.features import Extractor
-
-
-class SeededEncoder(ImageEncoder):
-    """A real tiny seeded conv encoder that counts the images it sees."""
-
-    def __init__(self, seed=0, name="tiny"):
-        torch.manual_seed(seed)
-        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
-        cfg = ImageEncoderConfig(name=name, dim=20, image_size=(24, 32), mean=(0.5,) * 3, std=(0.5,) * 3,
-                                 weights=f"seed:{seed}", pooling="grid2", width=4)
-        super().__init__(cfg, model, device="cpu", weights_digest=f"seed{seed}")
-        self.images_seen = 0
-
-    def forward(self, x):
-        self.images_seen += x.shape[0]
-        return pool_map(self.model(x), "grid2")
+from test_features import TinyImageEncoder
 
 
 class TwoEncoderProfile:
@@ -41,7 +22,7 @@ class TwoEncoderProfile:
 
     def build(self, role, device=None):
         self.built.append(role)
-        return SeededEncoder(seed={"clip_image": 0, "head_image": 1}[role], name=role)
+        return TinyImageEncoder(seed={"clip_image": 0, "head_image": 1}[role], name=role)
 
 
 @pytest.fixture
@@ -87,7 +68,7 @@ def test_image_work_builds_only_the_encoder_it_needs(tmp_path, files):
 
 def test_override_replaces_profile_encoder_with_its_own_cache_entries(tmp_path, files):
     prof = TwoEncoderProfile()
-    adapted = SeededEncoder(seed=7, name="head_image")
+    adapted = TinyImageEncoder(seed=7, name="head_image")
     base = Extractor(prof, cache_root=tmp_path / "c").images("head", files)
     ex = Extractor(prof, cache_root=tmp_path / "c", overrides={"head_image": adapted})
     got = ex.images("head", files)
