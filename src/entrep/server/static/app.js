@@ -45,6 +45,9 @@
     return body;
   }
 
+  // shared with review.js (loaded after this file): one way to call the API and report its errors
+  window.entrepApi = api;
+
   async function busy(label, fn) {
     state.busy += 1;
     setStatus(label);

@@ -22,20 +22,7 @@
     for (const f of files) form.append("files", f, f.name);
     form.append("fps", String(fps));
     if (require) form.append("require", require);
-    let resp;
-    try {
-      resp = await fetch("/api/review", { method: "POST", body: form });
-    } catch (e) {
-      throw new Error("Cannot reach the entrep server. Is `entrep serve` still running?");
-    }
-    let body = null;
-    try { body = await resp.json(); } catch (e) { body = null; }
-    if (!resp.ok) {
-      let detail = body && body.detail;
-      if (Array.isArray(detail)) detail = detail.map((d) => d.msg).join("; ");
-      throw new Error(detail || `The server answered ${resp.status} ${resp.statusText}`);
-    }
-    return body;
+    return window.entrepApi("/api/review", { method: "POST", body: form });
   }
 
   function render(doc) {
