@@ -27,6 +27,8 @@ import torch
 
 from entrep.encoders.config import ImageEncoderConfig, options_tuple
 from entrep.encoders.dinov2 import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     DinoV2Encoder,
     LoadReport,
     resample_pos_embed,
@@ -49,8 +51,6 @@ from entrep.errors import UserError, WeightsError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_WRAPPERS = ("teacher", "student", "state_dict", "model")
 DINO_PREFIXES = ("module.", "backbone.", "_orig_mod.", "encoder.")
 

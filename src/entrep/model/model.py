@@ -185,13 +185,14 @@ class EntrepModel:
         """Raw probabilities of every part (with flipped-image outputs where flips are given)."""
         p = self.parts
         flip = feats.head_flip
+        joint = self.joint_images(feats.clip)  # projected once, read by both prototype classifiers
         out = PartOutputs(
-            proto_fine=p.proto_fine.predict_proba(self.joint_images(feats.clip)),
+            proto_fine=p.proto_fine.predict_proba(joint),
             baseline=p.baseline.predict_proba(feats.head),
             baseline_flip=p.baseline.predict_proba(flip) if flip is not None else None,
         )
         if self.taxonomy.hierarchical:
-            out.proto_group = p.proto_group.predict_proba(self.joint_images(feats.clip))
+            out.proto_group = p.proto_group.predict_proba(joint)
             out.head_group = p.group_head.predict_proba(feats.head)
             out.head_group_flip = p.group_head.predict_proba(flip) if flip is not None else None
             for g, head in p.within_heads.items():
