@@ -8,7 +8,8 @@ from pathlib import Path
 from entrep.model.bundle import FORMAT, VERSION, attach_report, load_model, save_model
 from entrep.model.model import EntrepModel, ImageFeatures, ModelParts
 
-__all__ = ["EntrepModel", "FORMAT", "ImageFeatures", "ModelParts", "VERSION", "attach_report", "fit_model",
+__all__ = ["EntrepModel", "FORMAT", "ImageFeatures", "ModelParts", "VERSION", "attach_report", "config_taxonomy",
+           "fit_model",
            "load_model", "save_model"]
 
 
@@ -23,7 +24,7 @@ def fit_model(data, *, out=None, val=None, config=None, profile=None, cache=None
         config = load_config(config)
     cfg = config or FitConfig()
     if isinstance(data, (str, Path)):
-        data = read_dataset(data, _taxonomy(cfg))
+        data = read_dataset(data, config_taxonomy(cfg))
     if isinstance(val, (str, Path)):
         val = read_dataset(val, data.taxonomy)
     kwargs = {"stage": stage} if stage is not None else {}
@@ -36,7 +37,7 @@ def fit_model(data, *, out=None, val=None, config=None, profile=None, cache=None
     return model
 
 
-def _taxonomy(cfg):
+def config_taxonomy(cfg):
     """The config's ``taxonomy:`` key: ``ent`` (built in) or a file; None lets the reader infer it."""
     from entrep.taxonomy import load_taxonomy
 

@@ -53,7 +53,7 @@ def fit_cmd(
 ) -> None:
     """Train prototypes, heads and the inference policy on DATA and save the model folder."""
     from entrep.config import load_config
-    from entrep.model import fit_model
+    from entrep.model import config_taxonomy, fit_model
 
     cfg = load_config(config)
     if profile:
@@ -62,7 +62,7 @@ def fit_cmd(
         from entrep.config import FinetuneConfig
 
         cfg = cfg.replace(finetune=FinetuneConfig(**{**dataclasses.asdict(cfg.finetune), "method": finetune}))
-    tax = _taxonomy(taxonomy) if taxonomy else (None if cfg.taxonomy == "ent" else _taxonomy(cfg.taxonomy))
+    tax = _taxonomy(taxonomy) if taxonomy else config_taxonomy(cfg)
     stages = _Stages()
     ds = _read(data, tax, skip_bad)
     vds = _read(val, ds.taxonomy, skip_bad) if val else None
