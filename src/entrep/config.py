@@ -9,8 +9,10 @@ Example::
     threshold: 0.99           # prototype confidence threshold of the hybrid (the paper's)
     head: {lr: 0.001, max_epochs: 100, patience: 10, batch_size: 64}
     align: {dim: 256}
-    retrieval: {space: concat, filter: fine}
+    retrieval: {space: concat, filter: fine, ranking: soft}
     finetune: {method: none}  # or lora / partial (see docs/finetune.md)
+    runtime: auto             # image encoders: auto (ONNX Runtime on CPU where it exports), torch, onnx
+    ensemble: 1               # K > 1 trains K models on K group-aware folds
 
 Every value is checked for type and range when the file is read, so a bad value
 fails before any image is touched (``batch_size: 0``, ``lr: -1``).
@@ -28,6 +30,8 @@ from entrep.errors import UserError
 I2I_SPACES = ("joint", "head", "concat", "metric")
 from entrep.retrieval.filters import FILTERS as I2I_FILTERS  # noqa: E402 - the one tuple of filter names
 FINETUNE_METHODS = ("none", "lora", "partial")
+RUNTIMES = ("auto", "torch", "onnx")  # image-encoder runtime: auto = ONNX Runtime on CPU when it exports, else torch
+RANKINGS = ("soft", "hard")  # class-aware image search: soft = similarity + class probability, hard = filter
 
 
 def _check(cls_name: str, checks: dict[str, tuple[Any, str]]) -> None:
@@ -85,6 +89,10 @@ class AlignConfig:
 class RetrievalConfig:
     space: str = "concat"  # joint | head | concat | metric (needs the metric head: fine-tuning on)
     filter: str = "fine"  # fine | coarse | none
+    ranking: str = "soft"  # soft | hard (docs/retrieval.md: how the query's class probabilities weigh in)
+
+    def __post_init__(self) -> None:
+        _check("retrieval", {"ranking": (self.ranking, "" if self.ranking in RANKINGS else f"must be one of {RANKINGS}")})
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,8 @@ class FitConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    runtime: str = "auto"  # auto | torch | onnx (image encoders at inference; docs/encoders.md)
+    ensemble: int = 1  # K > 1: K models on K group-aware folds, averaged at inference
 
     def __post_init__(self) -> None:
         num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
@@ -157,6 +167,8 @@ class FitConfig:
             "val_fraction": (self.val_fraction,
                              "" if num(self.val_fraction) and 0.0 < self.val_fraction < 0.5 else "must be in (0, 0.5)"),
             "batch_size": (self.batch_size, _pos(self.batch_size, integer=True)),
+            "runtime": (self.runtime, "" if self.runtime in RUNTIMES else f"must be one of {RUNTIMES}"),
+            "ensemble": (self.ensemble, _pos(self.ensemble, integer=True)),
         })
         if self.retrieval.space not in I2I_SPACES:
             raise UserError(f"retrieval.space must be one of {I2I_SPACES}, got {self.retrieval.space!r}")
