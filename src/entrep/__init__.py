@@ -17,11 +17,14 @@ __version__ = "0.2.0"
 __all__ = ["EntrepModel", "fit", "load", "review_exam", "__version__"]
 
 
-def load(path, *, cache=None, device=None):
-    """Read a fitted model folder (written by :func:`fit` or `entrep fit`)."""
+def load(path, *, cache=None, device=None, runtime=None):
+    """Read a fitted model folder (written by :func:`fit` or `entrep fit`).
+
+    ``runtime`` (auto, torch, onnx) overrides the image-encoder runtime of the model's config.
+    """
     from entrep.model import load_model
 
-    return load_model(path, cache=cache, device=device)
+    return load_model(path, cache=cache, device=device, runtime=runtime)
 
 
 def fit(data, *, out=None, val=None, config=None, profile=None, cache=None, device=None, progress=False,

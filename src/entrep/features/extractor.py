@@ -22,8 +22,7 @@ log = logging.getLogger(__name__)
 
 ImageLike = Path | str | Image.Image
 ROLES = ("clip_image", "head_image", "clip_text")
-#: "auto" currently always means PyTorch (see docs/encoders.md: the ONNX Runtime path is not written yet)
-RUNTIMES = ("auto", "onnx", "torch")
+from entrep.config import RUNTIMES  # auto | torch | onnx
 
 
 class Extractor:
@@ -42,9 +41,6 @@ class Extractor:
 
         if runtime not in RUNTIMES:
             raise UserError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-        if runtime == "onnx":
-            raise UserError("runtime 'onnx' is not available in this version (encoders run in PyTorch); "
-                            "use runtime 'auto' or 'torch'")
 
         unknown = set(overrides or {}) - {"clip_image", "head_image"}
         if unknown:
@@ -54,7 +50,7 @@ class Extractor:
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
-        self.runtime = "torch"
+        self.runtime = runtime  # what was asked for; each image encoder reports what it runs on
         self._encoders: dict[str, Any] = dict(overrides or {})
         self._overridden = frozenset(overrides or {})
 

@@ -113,7 +113,8 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def load_model(path: str | Path, *, cache: str | Path | None = None, device: str | None = None) -> EntrepModel:
+def load_model(path: str | Path, *, cache: str | Path | None = None, device: str | None = None,
+               runtime: str | None = None) -> EntrepModel:
     """Read a model folder written by :func:`save_model`; one clear line when it is not one."""
     path = Path(path).expanduser()
     if path.parent.is_dir():
@@ -126,7 +127,8 @@ def load_model(path: str | Path, *, cache: str | Path | None = None, device: str
         raise ModelError(f"{path / 'arrays.npz'}: missing or corrupt ({e}); refit or restore the model") from None
     try:
         state = unflatten_state(meta["state"], arrays)
-        model = EntrepModel.from_state(state, source=str(path / "model.json"), path=path, cache=cache, device=device)
+        model = EntrepModel.from_state(state, source=str(path / "model.json"), path=path, cache=cache, device=device,
+                                     runtime=runtime)
     except ModelError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:

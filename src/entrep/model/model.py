@@ -121,6 +121,7 @@ class EntrepModel:
     path: Path | None = None
     cache: str | Path | None = None  # feature cache root (None: $ENTREP_CACHE or the default)
     device: str | None = None
+    runtime: str | None = None  # image-encoder runtime override (None: the config's runtime)
     _extractor: Any = field(default=None, repr=False)
 
     # ---- structure ------------------------------------------------------
@@ -135,7 +136,8 @@ class EntrepModel:
             from entrep.features import Extractor
 
             self._extractor = Extractor(self.profile, cache_root=self.cache, device=self.device,
-                                        batch_size=self.config.batch_size, overrides=self.adapters or None)
+                                        batch_size=self.config.batch_size, overrides=self.adapters or None,
+                                        runtime=self.runtime or self.config.runtime)
         return self._extractor
 
     # ---- features -------------------------------------------------------

@@ -257,7 +257,7 @@ def _extractor(profile, cfg: FitConfig, cache, device, progress: bool, overrides
     from entrep.features import Extractor
 
     return Extractor(profile, cache_root=cache, device=device, batch_size=cfg.batch_size, progress=progress,
-                     overrides=overrides or None)
+                     overrides=overrides or None, runtime=cfg.runtime)
 
 
 def _with_metric_default(cfg: FitConfig) -> FitConfig:
