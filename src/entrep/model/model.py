@@ -122,6 +122,9 @@ class EntrepModel:
     cache: str | Path | None = None  # feature cache root (None: $ENTREP_CACHE or the default)
     device: str | None = None
     runtime: str | None = None  # image-encoder runtime override (None: the config's runtime)
+    # soft class-aware ranking, tuned on validation at fit time (train.rank_alpha):
+    # {"alpha": {"fine": a, "coarse": b}, "validation_mrr": {"fine": [[alpha, mrr], ...], ...}, ...}
+    rank_tuning: dict = field(default_factory=dict)
     _extractor: Any = field(default=None, repr=False)
 
     # ---- structure ------------------------------------------------------
@@ -168,19 +171,55 @@ class EntrepModel:
         return l2n(self.parts.baseline.embed(head_feats))
 
     def retrieval_vectors(self, feats: ImageFeatures, space: str | None = None) -> np.ndarray:
+        """Gallery rows in the retrieval space (what the search index holds).
+
+        For ``metric`` a row is ``[metric ; joint] / sqrt(2)``: image queries fill the metric
+        block (:meth:`image_query_vectors`), text queries the joint block, so one index
+        answers both (docs/retrieval.md).
+        """
         space = space or self.config.retrieval.space
+        if space == "metric":
+            m = self.metric_vectors(feats)
+            return np.concatenate([m, self.joint_images(feats.clip)], axis=1) / np.float32(np.sqrt(2.0))
+        return self.image_query_vectors(feats, space)
+
+    def image_query_vectors(self, feats: ImageFeatures, space: str | None = None) -> np.ndarray:
+        """Image-query rows against :meth:`retrieval_vectors`; for ``metric`` the joint block is zero."""
+        space = space or self.config.retrieval.space
+        if space == "metric":
+            m = self.metric_vectors(feats)
+            return np.concatenate([m, np.zeros_like(self.joint_images(feats.clip))], axis=1)
         if space == "joint":
             return self.joint_images(feats.clip)
         if space == "head":
             return self.head_embedding(feats.head)
         if space == "concat":
             return l2n(np.concatenate([self.joint_images(feats.clip), self.head_embedding(feats.head)], axis=1))
-        if space == "metric":
-            if self.parts.metric_head is None:
-                raise ModelError(f"{self.path or 'model'}: retrieval space 'metric' needs the metric head; "
-                                 "refit with fine-tuning on or set retrieval.space to concat")
-            return l2n(self.parts.metric_head.transform([feats.clip, feats.head]))
         raise ModelError(f"unknown retrieval space {space!r}; use joint, head, concat or metric")
+
+    def metric_vectors(self, feats: ImageFeatures) -> np.ndarray:
+        """The dual-backbone metric head's embedding (retrieval space ``metric``)."""
+        if self.parts.metric_head is None:
+            raise ModelError(f"{self.path or 'model'}: retrieval space 'metric' needs the metric head; "
+                             "refit with fine-tuning on or set retrieval.space to concat")
+        return l2n(self.parts.metric_head.transform([feats.clip, feats.head]))
+
+    def score_scale(self, query: str = "image", space: str | None = None) -> float:
+        """Factor turning index scores into cosine similarities in the space the query searches.
+
+        A block-padded query ([metric ; 0] or [0 ; text] against [metric ; joint] / sqrt(2), or
+        [text ; 0] against concat's [joint ; head] / sqrt(2)) scores cosine / sqrt(2).
+        """
+        space = space or self.config.retrieval.space
+        if space == "metric" or (space == "concat" and query == "text"):
+            return float(np.sqrt(2.0))
+        return 1.0
+
+    def rank_alpha(self, level: str) -> float:
+        """alpha of soft class-aware ranking at ``level`` (fine / coarse): tuned at fit time, else the default."""
+        from entrep.finetune.metric import DEFAULT_RANK_ALPHA
+
+        return float((self.rank_tuning.get("alpha") or {}).get(level, DEFAULT_RANK_ALPHA))
 
     # ---- classification -------------------------------------------------
     def part_outputs(self, feats: ImageFeatures) -> PartOutputs:
@@ -272,6 +311,7 @@ class EntrepModel:
             "policy": self.policy.to_dict(),
             "training": self.training,
             "parts": self.parts.get_state(),
+            "rank_tuning": self.rank_tuning,
         }
 
     @classmethod
@@ -285,6 +325,12 @@ class EntrepModel:
             policy = InferencePolicy.from_dict(state["policy"])
         except (TypeError, ValueError) as e:
             raise ModelError(f"{source}: bad inference policy ({e}); refit the model") from None
+        rank_tuning = state.get("rank_tuning")
+        if rank_tuning is None:
+            from entrep.finetune.metric import DEFAULT_RANK_ALPHA
+
+            log.debug("%s: fitted before soft-ranking alpha was tuned; image search uses the default alpha %s "
+                      "(refit to tune it)", source, DEFAULT_RANK_ALPHA)
         return cls(
             taxonomy=Taxonomy.from_dict(state["taxonomy"], source=source),
             config=FitConfig.from_dict(state["config"], source=source),
@@ -293,6 +339,7 @@ class EntrepModel:
             policy=policy,
             encoders=state.get("encoders") or {},
             training=state.get("training") or {},
+            rank_tuning=dict(rank_tuning or {}),
             **kwargs,
         )
 
