@@ -428,17 +428,30 @@ def test_search_effort_is_raised_until_target_recall(kind, weak, caplog, tmp_pat
     assert GalleryIndex.load(tmp_path / "g").measure_approximation().recall_at_10 == g.build_report.recall_at_10
 
 
+def as_json_gallery(folder, version: int) -> None:
+    """Rewrite a saved gallery folder in the layout of format versions 1-2: the metadata as one JSON list."""
+    meta_path = folder / "gallery.json"
+    meta = json.loads(meta_path.read_text())
+    items = [it.to_json() for it in GalleryIndex.load(folder).items]
+    for name in ("rows.npy", "rows.sqlite"):
+        (folder / name).unlink()
+    meta.pop("labels")
+    meta_path.write_text(json.dumps({**meta, "version": version, "items": items}))
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_vectors_are_saved_once_and_version_1_folders_still_load(kind, tmp_path):
+def test_vectors_are_saved_once_and_version_1_folders_still_load(kind, tmp_path, caplog):
     g, x = build(kind, n=120)
     g.remove([3, 50])
     folder = g.save(tmp_path / "gal")
-    assert sorted(p.name for p in folder.iterdir()) == ["gallery.json", "index.faiss"]  # no second copy
+    # no second copy of the vectors: FAISS holds them (rows.* hold ids, label codes and metadata)
+    assert sorted(p.name for p in folder.iterdir()) == ["gallery.json", "index.faiss", "rows.npy", "rows.sqlite"]
     np.testing.assert_allclose(GalleryIndex.load(folder).vectors, np.delete(x, [3, 50], axis=0), atol=1e-6)
-    # a folder written by the previous layout: version 1 with a vectors.npy copy beside index.faiss
-    meta_path = folder / "gallery.json"
-    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "version": 1}))
+    # a folder written by the previous layout: version 1 with JSON metadata and a vectors.npy copy
+    as_json_gallery(folder, 1)
     np.save(folder / "vectors.npy", g.vectors)
+    caplog.set_level(logging.INFO, logger="entrep.retrieval")
     old = GalleryIndex.load(folder)
+    assert "converted in memory" in caplog.text
     assert old.items == g.items and np.array_equal(old.vectors, g.vectors) and old.kind == g.kind
     assert [h.id for h in old.search(x[7], 5)[0]] == [h.id for h in g.search(x[7], 5)[0]]

@@ -37,8 +37,10 @@ def test_version_1_folder_loads_and_unknown_version_says_rebuild(tmp_path):
     folder = g.save(tmp_path / "gal")
     meta_file = tmp_path / "gal" / "gallery.json"
     meta = json.loads(meta_file.read_text())
-    meta_file.write_text(json.dumps({**meta, "version": 1}))
+    items = [it.to_json() for it in g.items]
+    meta_file.write_text(json.dumps({**meta, "version": 1, "items": items}))
     assert len(GalleryIndex.load(folder)) == len(g)
+    meta_file.write_text(json.dumps({**meta, "version": 3}))
     meta_file.write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(ModelError, match="rebuild it with `entrep index`") as e:
         GalleryIndex.load(folder)

@@ -17,17 +17,32 @@ Index kinds (``kind=``):
   compacted but the lists' sequential ids are not). ``nlist ~ 4 sqrt(n)``, capped
   so every list gets at least 39 training points; below 78 rows there is
   nothing to partition and the index is exact (flat) instead, with a log line.
-- ``"auto"``: flat below ``auto_threshold`` (100,000) rows, else
-  :data:`AUTO_APPROX_KIND` (IVF; see docs/retrieval.md for the measurements
-  behind that choice). Re-evaluated when additions cross the threshold.
+- ``"ivfpq"``: ``IndexIVFPQ`` (inner product, native ids like IVF) holding only
+  PQ codes: ``m`` sub-quantizers (the largest divisor of dim not above dim/8,
+  so 64 at dim 512: 64 bytes a vector) of ``nbits`` = 8 bits (fewer below
+  10k rows, so every code word gets >= 39 training points), ``nlist`` as for
+  IVF, trained on a seeded sample of at most 64 points per list. A search
+  fetches the top ``R = max(rerank_factor * k, rerank_min)`` candidates
+  (10k and 100 to start; raised with nprobe until the build-time recall@10
+  reaches ``target_recall``) and re-ranks them exactly against the float
+  vectors, which live once, in a memory-mapped ``vectors.npy`` (np.load
+  mmap_mode="r"), not in the FAISS index. Scores are therefore exact cosines.
+- ``"auto"``: flat below ``auto_threshold`` (:data:`AUTO_THRESHOLD`, 100,000)
+  rows, IVF-Flat (:data:`AUTO_APPROX_KIND`) below ``auto_pq_threshold``
+  (:data:`AUTO_PQ_THRESHOLD`, 2,000,000: where IVF-Flat's float vectors in
+  RAM pass 4 GB at dim 512), IVF-PQ above (see docs/retrieval.md and
+  docs/scale.md for the measurements behind these choices). Re-evaluated when
+  additions cross a threshold.
 
 Filtering (:meth:`GalleryIndex.search` ``allowed=`` / ``exclude_ids=``) never
 returns a filtered-out or excluded row: FAISS searches with an ``IDSelector``.
 Flat search is exact. Approximate indexes answer filters that allow at most
 30% of the rows (:data:`EXACT_FILTER_FRACTION`) by an exact scan of the allowed
-vectors (HNSW through its flat storage, IVF with every list probed): graph and
-list search lose most of their recall when the allowed rows lie away from the
-query. Wider filters widen efSearch by 1/fraction**2 and nprobe by
+vectors (HNSW through its flat storage, IVF with every list probed, IVF-PQ
+with every list probed before its exact re-ranking): graph and list search
+lose most of their recall when the allowed rows lie away from the query.
+IVF-PQ answers a filter allowing at most :data:`EXACT_SCAN_ROWS` rows by an
+exact scan of those rows' float vectors. Wider filters widen efSearch by 1/fraction**2 and nprobe by
 1/fraction, and any approximate search that comes back short is redone
 exactly. Batches under 20 queries run FAISS on one thread: on a small shared
 machine OpenMP start-up and spinning cost more than a second core saves.
@@ -47,25 +62,44 @@ from entrep.errors import ModelError, UserError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "hnsw", "ivf")
+KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 AUTO_THRESHOLD = 100_000
 AUTO_APPROX_KIND = "ivf"
+AUTO_PQ_THRESHOLD = 2_000_000  # "auto" builds IVF-PQ from this many rows (IVF-Flat below)
+PQ_TRAIN_PER_LIST = 64  # IVF-PQ trains on a seeded sample of at most this many points per list
+RERANK_FACTOR = 10  # IVF-PQ re-ranks the top max(RERANK_FACTOR * k, RERANK_MIN) PQ candidates exactly
+RERANK_MIN = 100
+RERANK_MAX = 4096  # widening stops raising the candidate count here
+EXACT_SCAN_ROWS = 10_000  # IVF-PQ: filters allowing at most this many rows scan their float vectors exactly
 IVF_MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below 39 training points per centroid
 EXACT_FILTER_FRACTION = 0.3  # approximate indexes answer filters allowing <= this share of rows by exact scan
 SINGLE_THREAD_BELOW = 20  # batches smaller than this search on one thread: OpenMP start-up costs more than it saves
 
 
-def resolve_kind(requested: str, n: int, auto_threshold: int, *, quiet: bool = False) -> str:
-    """The structure to build for ``n`` rows: "flat", "hnsw" or "ivf"."""
+def resolve_kind(requested: str, n: int, auto_threshold: int, auto_pq_threshold: int = AUTO_PQ_THRESHOLD, *,
+                 quiet: bool = False) -> str:
+    """The structure to build for ``n`` rows: "flat", "hnsw", "ivf" or "ivfpq"."""
     kind = requested
     if kind == "auto":
-        kind = AUTO_APPROX_KIND if n >= auto_threshold else "flat"
-    if kind == "ivf" and n // IVF_MIN_POINTS_PER_LIST < 2:
+        kind = "flat" if n < auto_threshold else "ivfpq" if n >= auto_pq_threshold else AUTO_APPROX_KIND
+    if kind in ("ivf", "ivfpq") and n // IVF_MIN_POINTS_PER_LIST < 2:
         if not quiet:
-            log.info("IVF needs at least %d rows to train 2 lists; the gallery has %d, so the index is exact (flat)",
-                     2 * IVF_MIN_POINTS_PER_LIST, n)
+            log.info("%s needs at least %d rows to train 2 lists; the gallery has %d, so the index is exact (flat)",
+                     kind.upper(), 2 * IVF_MIN_POINTS_PER_LIST, n)
         kind = "flat"
     return kind
+
+
+def pq_shape(n: int, d: int) -> tuple[int, int]:
+    """(m, nbits) of IVF-PQ codes: m the largest divisor of d not above d/8; 8 bits, fewer below 39 * 256 rows."""
+    m = max(x for x in range(1, max(1, d // 8) + 1) if d % x == 0)
+    nbits = max(1, min(8, int(math.log2(max(2, n // IVF_MIN_POINTS_PER_LIST)))))
+    return m, nbits
+
+
+def rerank_count(k: int, params: dict) -> int:
+    """How many IVF-PQ candidates are re-ranked exactly for a top-``k`` search."""
+    return max(int(params.get("rerank_factor", RERANK_FACTOR)) * k, int(params.get("rerank_min", RERANK_MIN)), k)
 
 
 def ivf_nlist(n: int) -> int:
@@ -98,15 +132,35 @@ def build_index(kind: str, vectors: np.ndarray, ids: np.ndarray, *, hnsw_m: int,
         index.train(vectors)
         index.nprobe = min(nlist, nprobe if nprobe is not None else max(8, nlist // 16))
         params = {"nlist": nlist, "nprobe": int(index.nprobe)}
+    elif kind == "ivfpq":
+        nlist = ivf_nlist(n)
+        m, nbits = pq_shape(n, d)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = index.pq.cp.seed = seed
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, PQ_TRAIN_PER_LIST * nlist), replace=False))
+        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+        index.nprobe = min(nlist, nprobe if nprobe is not None else max(8, nlist // 16))
+        params = {"nlist": nlist, "nprobe": int(index.nprobe), "m": m, "nbits": nbits, "trained_on": len(rows),
+                  "rerank_factor": RERANK_FACTOR, "rerank_min": RERANK_MIN}
     else:  # pragma: no cover - guarded by KINDS
         raise UserError(f"unknown index kind {kind!r}")
     if n:
-        index.add_with_ids(vectors, ids)
+        for j in range(0, n, 262_144):  # blocks: a memory-mapped input is read once, without a whole copy
+            index.add_with_ids(np.ascontiguousarray(vectors[j : j + 262_144], dtype=np.float32), ids[j : j + 262_144])
     return index, params
 
 
 def widen(index: faiss.Index, kind: str, params: dict, n: int, target_recall: float) -> bool:
-    """Double nprobe (IVF) or efSearch (HNSW) in place (index and ``params``); False when already at the limit."""
+    """Double nprobe (IVF; IVF-PQ also its re-ranked candidates) or efSearch (HNSW) in place; False at the limit."""
+    if kind == "ivfpq":
+        nlist, nprobe, rmin = params["nlist"], params["nprobe"], params["rerank_min"]
+        if nprobe >= nlist and rmin >= RERANK_MAX:
+            return False
+        index.nprobe = params["nprobe"] = min(nlist, 2 * nprobe)
+        params["rerank_min"], params["rerank_factor"] = min(RERANK_MAX, 2 * rmin), 2 * params["rerank_factor"]
+        log.info("IVF-PQ recall below %.2f: nprobe %d -> %d, re-ranked candidates max(%dk, %d)", target_recall,
+                 nprobe, index.nprobe, params["rerank_factor"], params["rerank_min"])
+        return True
     if kind == "ivf":
         nlist, nprobe = params["nlist"], params["nprobe"]
         if nprobe >= nlist:
@@ -172,16 +226,27 @@ def id_bitmap(mask: np.ndarray, ids: np.ndarray, next_id: int, keep: list, *, by
 
 
 def faiss_search(index: faiss.Index, kind: str, params: dict, ids: np.ndarray, next_id: int, q: np.ndarray, k: int,
-                 mask: np.ndarray | None, *, exact: bool, frac: float = 1.0,
-                 ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
+                 mask: np.ndarray | None, *, exact: bool, frac: float = 1.0, ef_search: int = 128,
+                 vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) from FAISS, restricted to ``mask`` rows by an IDSelector; -1 ids pad short results.
 
     ``exact`` scans every allowed vector: flat as is, HNSW through its flat
-    storage (rows = storage positions), IVF with every list probed. Filtered
-    approximate searches widen efSearch by 1/frac**2, nprobe by 1/frac.
+    storage (rows = storage positions), IVF with every list probed (IVF-PQ:
+    every list's codes, then the exact re-ranking). Filtered approximate
+    searches widen efSearch by 1/frac**2, nprobe by 1/frac. IVF-PQ needs
+    ``vectors`` (row order, float32) for its re-ranking.
     """
     keep: list = []  # bitmaps must outlive the search: the selectors point into them
     n = len(ids)
+    if kind == "ivfpq":
+        if mask is not None and int(mask.sum()) <= EXACT_SCAN_ROWS:
+            return exact_scan(vectors, ids, q, k, np.flatnonzero(mask))
+        sel = None if mask is None else id_bitmap(mask, ids, next_id, keep, by_row=False)
+        nlist, base = int(index.nlist), int(params.get("nprobe", index.nprobe))
+        nprobe = nlist if exact else min(nlist, int(math.ceil(base / frac)))
+        _, cand = index.search(q, min(rerank_count(k, params), n), params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
+        del keep
+        return rerank(vectors, ids, q, cand, k)
     if kind == "hnsw" and exact:
         storage = hnsw_storage(index)
         sp = None if mask is None else faiss.SearchParameters(sel=id_bitmap(mask, ids, next_id, keep, by_row=True))
@@ -202,6 +267,45 @@ def faiss_search(index: faiss.Index, kind: str, params: dict, ids: np.ndarray, n
         sp = None if sel is None else faiss.SearchParameters(sel=sel)
     scores, found = index.search(q, k, params=sp)
     del keep
+    return scores, found
+
+
+def exact_scan(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (scores, ids) over ``vectors[rows]`` (all rows when None); -1 ids pad short results."""
+    sub = vectors if rows is None else vectors[rows]
+    sub_ids = ids if rows is None else ids[rows]
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    found = np.full((len(q), k), -1, dtype=np.int64)
+    if len(sub):
+        s, pos = faiss.knn(np.ascontiguousarray(q), np.ascontiguousarray(sub, dtype=np.float32), min(k, len(sub)),
+                           metric=faiss.METRIC_INNER_PRODUCT)
+        scores[:, : s.shape[1]], found[:, : s.shape[1]] = s, np.where(pos >= 0, sub_ids[np.maximum(pos, 0)], -1)
+    return scores, found
+
+
+def rerank(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, cand: np.ndarray,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine re-ranking of candidate ids ``cand`` (Q, R; -1 = none) against ``vectors`` (row order of ``ids``).
+
+    Returns the top ``k`` (scores, ids), -1 ids padding short lists. Candidate
+    rows are read from ``vectors`` in increasing order (kind to a memory map).
+    """
+    n_q, r = cand.shape
+    valid = cand >= 0
+    rows = np.searchsorted(ids, np.where(valid, cand, 0))
+    uniq, inv = np.unique(rows[valid], return_inverse=True)
+    vecs = np.asarray(vectors[uniq], dtype=np.float32)  # one sorted gather
+    sims = np.full((n_q, r), -np.inf, dtype=np.float32)
+    qi = np.nonzero(valid)[0]
+    sims[valid] = np.einsum("ij,ij->i", vecs[inv], q[qi])
+    kk = min(k, r)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+    scores = np.take_along_axis(sims, order, axis=1)
+    found = np.where(np.isfinite(scores), np.take_along_axis(cand, order, axis=1), -1)
+    if kk < k:
+        scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+        found = np.pad(found, ((0, 0), (0, k - kk)), constant_values=-1)
     return scores, found
 
 
@@ -245,12 +349,12 @@ def read_index(fpath: Path, kind: str, ids: np.ndarray, dim: int, params: dict, 
         raise ModelError(f"{fpath}: cannot read FAISS index ({str(e).splitlines()[0][:200]}); rebuild it with `entrep index`") from None
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
     expected = {"flat": isinstance(inner, faiss.IndexFlat), "hnsw": isinstance(inner, faiss.IndexHNSWFlat),
-                "ivf": isinstance(index, faiss.IndexIVFFlat)}[kind]
+                "ivf": isinstance(index, faiss.IndexIVFFlat), "ivfpq": isinstance(index, faiss.IndexIVFPQ)}[kind]
     if not expected:
         raise ModelError(f"{fpath}: FAISS index is a {type(index).__name__}, not the {kind} index the gallery "
                          "metadata names; rebuild it with `entrep index`")
     stored = stored_ids(index)
-    if stored is not None and kind == "ivf":  # IVF lists hold ids in list order; the others in row order
+    if stored is not None and kind in ("ivf", "ivfpq"):  # IVF lists hold ids in list order; the others in row order
         stored, ids_in_order = np.sort(stored), np.sort(ids)
     else:
         ids_in_order = ids
@@ -259,6 +363,20 @@ def read_index(fpath: Path, kind: str, ids: np.ndarray, dim: int, params: dict, 
                          f"metadata (dim {dim}, {len(ids)} rows); rebuild it with `entrep index`")
     if kind == "hnsw":
         faiss.downcast_index(index.index).hnsw.efSearch = int(params.get("efSearch", ef_search))
-    elif kind == "ivf" and "nprobe" in params:
+    elif kind in ("ivf", "ivfpq") and "nprobe" in params:
         index.nprobe = int(params["nprobe"])
     return index
+
+
+def read_vectors(fpath: Path, n: int, dim: int) -> np.ndarray:
+    """The memory-mapped ``vectors.npy`` of an IVF-PQ gallery, checked to be float32 (n, dim); ModelError otherwise."""
+    try:
+        v = np.load(fpath, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelError(f"{fpath}: the IVF-PQ gallery's vector file is missing; rebuild it with `entrep index`") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{fpath}: unreadable vector file ({e}); rebuild it with `entrep index`") from None
+    if v.dtype != np.float32 or v.shape != (n, dim):
+        raise ModelError(f"{fpath}: vectors are {v.dtype} {v.shape}, the gallery metadata says float32 ({n}, {dim}); "
+                         "rebuild it with `entrep index`")
+    return v

@@ -11,7 +11,10 @@ Composed from :mod:`~entrep.retrieval.store` (rows, ids, metadata file),
 building, filtered search), :mod:`~entrep.retrieval.filters` (``allowed=`` /
 ``exclude_ids=`` specs) and :mod:`~entrep.retrieval.approx` (recall@10 of an
 approximate index against exact search, kept in
-:attr:`GalleryIndex.build_report`). The vectors live once, in the FAISS index.
+:attr:`GalleryIndex.build_report`). The vectors live once: in the FAISS index
+(flat, HNSW, IVF), or for IVF-PQ, whose FAISS index holds only codes, in a
+float32 array that a loaded gallery memory-maps from ``vectors.npy``.
+See docs/scale.md for galleries of millions.
 """
 
 from __future__ import annotations
@@ -29,17 +32,19 @@ from entrep.errors import ModelError, UserError
 from entrep.io import atomic_path
 from entrep.retrieval import approx, backend, filters, store
 from entrep.retrieval.approx import BuildReport
-from entrep.retrieval.backend import AUTO_APPROX_KIND, AUTO_THRESHOLD, EXACT_FILTER_FRACTION, KINDS, SINGLE_THREAD_BELOW
+from entrep.retrieval.backend import (AUTO_APPROX_KIND, AUTO_PQ_THRESHOLD, AUTO_THRESHOLD, EXACT_FILTER_FRACTION, KINDS,
+                                      SINGLE_THREAD_BELOW)
 from entrep.retrieval.filters import AllowedSpec
 from entrep.retrieval.store import GalleryItem, Hit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO_APPROX_KIND", "AUTO_THRESHOLD", "BuildReport", "EXACT_FILTER_FRACTION", "GalleryIndex",
+__all__ = ["AUTO_APPROX_KIND", "AUTO_PQ_THRESHOLD", "AUTO_THRESHOLD", "BuildReport", "EXACT_FILTER_FRACTION", "GalleryIndex",
            "GalleryItem", "Hit", "KINDS", "SINGLE_THREAD_BELOW"]
 
 FAISS_FILE = "index.faiss"
-SETTINGS = ("auto_threshold", "hnsw_m", "ef_construction", "ef_search", "nprobe", "report_queries",
+VECTORS_FILE = "vectors.npy"  # IVF-PQ only: the float vectors, memory-mapped on load
+SETTINGS = ("auto_threshold", "auto_pq_threshold", "hnsw_m", "ef_construction", "ef_search", "nprobe", "report_queries",
             "target_recall", "seed")  # constructor settings saved in gallery.json
 
 
@@ -48,6 +53,7 @@ class GalleryIndex:
 
     Parameters: ``dim`` (vector length), ``kind`` (see module docs),
     ``auto_threshold`` (row count at which "auto" turns approximate),
+    ``auto_pq_threshold`` (row count at which "auto" turns IVF-PQ),
     ``hnsw_m`` / ``ef_construction`` / ``ef_search`` (HNSW), ``nprobe`` (IVF lists
     probed per query; None: ``max(8, nlist // 16)``), ``report_queries`` (sample
     size for :attr:`build_report`), ``target_recall`` (after a build, nprobe /
@@ -66,6 +72,7 @@ class GalleryIndex:
         *,
         kind: str = "auto",
         auto_threshold: int = AUTO_THRESHOLD,
+        auto_pq_threshold: int = AUTO_PQ_THRESHOLD,
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 128,
@@ -83,6 +90,9 @@ class GalleryIndex:
         self.dim = int(dim)
         self.requested_kind = kind
         self.auto_threshold = int(auto_threshold)
+        if auto_pq_threshold < auto_threshold:
+            raise UserError(f"auto_pq_threshold ({auto_pq_threshold}) must be >= auto_threshold ({auto_threshold})")
+        self.auto_pq_threshold = int(auto_pq_threshold)
         self.hnsw_m = int(hnsw_m)
         self.ef_construction = int(ef_construction)
         self.ef_search = int(ef_search)
@@ -94,6 +104,7 @@ class GalleryIndex:
         self.seed = int(seed)
         self._store = store.RowStore()
         self._faiss: faiss.Index | None = None
+        self._vecs: np.ndarray | None = None  # IVF-PQ only: row-ordered float vectors (memory-mapped once loaded)
         self._kind = "flat"
         self._params: dict = {}
         self._trained_on = 0
@@ -109,14 +120,23 @@ class GalleryIndex:
 
     @property
     def kind(self) -> str:
-        """The structure actually in use: "flat", "hnsw" or "ivf"."""
+        """The structure actually in use: "flat", "hnsw", "ivf" or "ivfpq"."""
         if self._faiss is not None:
             return self._kind
-        return backend.resolve_kind(self.requested_kind, len(self), self.auto_threshold, quiet=True)
+        return self._resolve(quiet=True)
+
+    def _resolve(self, *, quiet: bool = False) -> str:
+        return backend.resolve_kind(self.requested_kind, len(self), self.auto_threshold, self.auto_pq_threshold,
+                                    quiet=quiet)
+
+    @property
+    def approximation(self) -> dict | None:
+        """The build report as a dict (what ``evaluate --json`` and ``/healthz`` carry); None for an exact index."""
+        return self.build_report.to_dict() if self.build_report is not None and self._kind != "flat" else None
 
     @property
     def params(self) -> dict:
-        """Parameters of the built structure (nlist/nprobe, M/efSearch); empty for flat."""
+        """Parameters of the built structure (nlist/nprobe, M/efSearch, m/nbits/rerank); empty for flat."""
         return dict(self._params)
 
     @property
@@ -134,8 +154,9 @@ class GalleryIndex:
 
     @property
     def items(self) -> list[GalleryItem]:
-        """Row-ordered metadata."""
-        return list(self._store.items)
+        """Row-ordered metadata of every row: builds one object per row, so large galleries should look up by id."""
+        with self._lock:
+            return list(self._store.iter_items())
 
     @property
     def next_id(self) -> int:
@@ -143,11 +164,25 @@ class GalleryIndex:
 
     def metadata_for(self, ids: Iterable[int]) -> list[GalleryItem]:
         """Metadata of the given ids, in the given order; UserError for an unknown id."""
-        return [self._store.items[r] for r in self._store.rows_of(ids)]
+        ids = [int(i) for i in ids]
+        with self._lock:
+            self._store.rows_of(ids)
+            return self._store.items_for(ids)
 
     def ids_for_names(self, names: Iterable[str]) -> list[int]:
         """Ids of rows whose file name is one of ``names`` (all rows sharing a name)."""
-        return self._store.ids_for_names(names)
+        with self._lock:
+            return self._store.ids_for_names(names)
+
+    def ids_for_hashes(self, hashes: Iterable[str | None]) -> dict[str, set[int]]:
+        """Ids of the rows holding each content hash (only hashes present), looked up without reading every row."""
+        want = {h for h in hashes if h}
+        with self._lock:
+            ids = self._store.ids_where("content_hash", want)
+            out: dict[str, set[int]] = {}
+            for it in self._store.items_for(ids):
+                out.setdefault(it.content_hash, set()).add(it.id)
+            return out
 
     def mask(self, predicate: Callable[[GalleryItem], bool]) -> np.ndarray:
         """Boolean row mask (aligned with :attr:`ids`) of rows where ``predicate(item)`` holds."""
@@ -159,6 +194,8 @@ class GalleryIndex:
 
     def _rows(self) -> np.ndarray:
         """Row-ordered vectors; for flat/HNSW a view into FAISS, valid until the index next changes (hold the lock)."""
+        if self._kind == "ivfpq" and self._faiss is not None:
+            return self._vecs
         return backend.row_vectors(self._faiss, self._kind, self._store.ids, self.dim)
 
     # ---- adding and removing -------------------------------------------
@@ -180,18 +217,21 @@ class GalleryIndex:
             saved = self._store.snapshot()
             try:
                 new_ids, _ = self._store.append(metadata)
-                target = backend.resolve_kind(self.requested_kind, len(self), self.auto_threshold)
+                target = self._resolve()
                 if self._faiss is None or target != self._kind:
-                    old = backend.row_vectors(self._faiss, self._kind, saved[0], self.dim)  # rows before this add
+                    old = (self._vecs if self._kind == "ivfpq" and self._faiss is not None else
+                           backend.row_vectors(self._faiss, self._kind, saved[0], self.dim))  # rows before this add
                     if self._faiss is not None:
                         log.info("gallery grew to %d rows: switching index from %s to %s", len(self), self._kind, target)
                     self._build(target, np.concatenate([old, vecs]) if len(old) else vecs)
                 else:
+                    if self._kind == "ivfpq":  # a loaded gallery's memory map becomes an in-memory copy until saved
+                        self._vecs = np.concatenate([self._vecs, vecs])
                     self._faiss.add_with_ids(vecs, new_ids)
             except BaseException:  # leave the index as it was (a failed build never replaces self._faiss)
                 self._store.restore(saved)
                 raise
-            if self._kind == "ivf" and len(self) > 4 * self._trained_on:
+            if self._kind in ("ivf", "ivfpq") and len(self) > 4 * self._trained_on:
                 log.info("IVF lists were trained on %d rows and the gallery now has %d; call rebuild() to retrain",
                          self._trained_on, len(self))
             return [int(i) for i in new_ids]
@@ -219,6 +259,8 @@ class GalleryIndex:
                 self._build("hnsw", kept)
             else:
                 self._store.keep(keep)
+                if self._kind == "ivfpq" and self._faiss is not None:
+                    self._vecs = np.ascontiguousarray(self._vecs[keep])
                 if self._faiss is not None:
                     n = self._faiss.remove_ids(removed)
                     if n != len(removed):  # pragma: no cover - would mean the FAISS index and rows disagree
@@ -229,7 +271,7 @@ class GalleryIndex:
         """Rebuild the FAISS structure from the stored vectors (re-choosing "auto"/"ivf" for the current size)."""
         with self._lock:
             vecs = np.array(self._rows(), dtype=np.float32)
-            self._build(backend.resolve_kind(self.requested_kind, len(self), self.auto_threshold), vecs)
+            self._build(self._resolve(), vecs)
         return self
 
     # ---- building -------------------------------------------------------
@@ -240,10 +282,12 @@ class GalleryIndex:
                                             ef_construction=self.ef_construction, ef_search=self.ef_search,
                                             nprobe=self.nprobe, seed=self.seed)
         self._faiss, self._kind, self._params = index, kind, params
-        if kind == "ivf":
+        if kind in ("ivf", "ivfpq"):
             self._trained_on = len(vectors)
+        # IVF-PQ keeps the float vectors beside its codes; for the other kinds the FAISS index holds the only copy
+        self._vecs = np.ascontiguousarray(vectors, dtype=np.float32) if kind == "ivfpq" else None
         build_s = time.perf_counter() - t0
-        del vectors  # from here on the FAISS index holds the only copy
+        del vectors
         if kind == "flat":
             self.build_report = None
             log.debug("built exact flat index over %d rows in %.2fs", len(self), build_s)
@@ -277,7 +321,7 @@ class GalleryIndex:
             q = np.ascontiguousarray(self._rows()[rows])
             recall, approx_ms, exact_ms = approx.measure_approximation(
                 q, self._store.ids[rows], truth, len(self), k=k,
-                approx=lambda x, kk: self._faiss.search(x, kk),
+                approx=lambda x, kk: self._faiss_search(x, kk, None, exact=False),
                 exact=lambda x, kk: self._faiss_search(x, kk, None, exact=True))
             return BuildReport(kind=self._kind, n=len(self), dim=self.dim, params=dict(self._params),
                                build_s=round(build_s, 4), n_sample=len(rows), recall_at_10=recall,
@@ -328,7 +372,6 @@ class GalleryIndex:
     def _search_group(self, q: np.ndarray, mask: np.ndarray | None, excl: list[frozenset], k: int) -> list[list[Hit]]:
         """Search queries sharing one allowed-row mask; each query has its own excluded ids."""
         n = len(self)
-        row = self._store.row
         n_allowed = n if mask is None else int(mask.sum())
         if n_allowed == 0:
             return [[] for _ in q]
@@ -339,7 +382,7 @@ class GalleryIndex:
         results = []
         for j in range(len(q)):
             e = excl[j]
-            want = min(k, n_allowed - sum(1 for i in e if i in row and (mask is None or mask[row[i]])))
+            want = min(k, n_allowed - self._n_allowed_among(e, mask))
             hits = self._store.hits(scores[j], labels[j], mask, e, want)
             if len(hits) < want:
                 log.debug("%s search returned %d of %d allowed hits; searching exactly", self._kind, len(hits), want)
@@ -348,17 +391,30 @@ class GalleryIndex:
             results.append(hits)
         return results
 
+    def _n_allowed_among(self, excluded: frozenset, mask: np.ndarray | None) -> int:
+        """How many of the ``excluded`` ids are gallery rows that ``mask`` allows."""
+        if not excluded:
+            return 0
+        rows, ok = self._store.present(np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+        return int((ok & mask[rows]).sum() if mask is not None else ok.sum())
+
     def _faiss_search(self, q: np.ndarray, k: int, mask: np.ndarray | None, *, exact: bool,
                       frac: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         return backend.faiss_search(self._faiss, self._kind, self._params, self._store.ids, self._store.next_id,
-                                    q, k, mask, exact=exact, frac=frac, ef_search=self.ef_search)
+                                    q, k, mask, exact=exact, frac=frac, ef_search=self.ef_search, vectors=self._vecs)
 
     # ---- saving and loading ---------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write the index to ``folder`` atomically: gallery.json (metadata) and index.faiss (the vectors, once)."""
+        """Write the index to ``folder`` atomically (format version 3, see :mod:`~entrep.retrieval.store`).
+
+        gallery.json (settings, label vocabulary, build report), rows.npy and
+        rows.sqlite (ids, label codes, metadata), index.faiss, and for IVF-PQ
+        vectors.npy (the float vectors, once; the FAISS file holds only codes).
+        """
         folder = Path(folder)
         with self._lock, atomic_path(folder) as tmp:
             tmp.mkdir()
+            rows = self._store.write(tmp)
             meta = {
                 "dim": self.dim,
                 "requested_kind": self.requested_kind,
@@ -366,19 +422,21 @@ class GalleryIndex:
                 "settings": {k: getattr(self, k) for k in SETTINGS},
                 "params": self._params,
                 "trained_on": self._trained_on,
-                "next_id": self._store.next_id,
-                "n": len(self),
                 "build_report": self.build_report.to_dict() if self.build_report else None,
-                "items": [it.to_json() for it in self._store.items],
+                **rows,
             }
             if self._faiss is not None:
                 faiss.write_index(self._faiss, str(tmp / FAISS_FILE))
+                if self._kind == "ivfpq":
+                    with open(tmp / VECTORS_FILE, "wb") as f:
+                        np.save(f, np.ascontiguousarray(self._vecs, dtype=np.float32))
             store.write_meta(tmp / store.META_FILE, meta)
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "GalleryIndex":
-        """Read an index written by :meth:`save` (or by version 1, whose vectors.npy copy is not read).
+        """Read an index written by :meth:`save`: ids and label codes into memory, metadata left in SQLite, IVF-PQ
+        vectors memory-mapped. Folders of versions 1-2 (metadata as one JSON list) are converted in memory.
 
         ModelError naming the folder if it is missing, corrupt or another version.
         """
@@ -387,14 +445,22 @@ class GalleryIndex:
         meta_path = folder / store.META_FILE
         try:
             s = meta["settings"]
-            idx = cls(int(meta["dim"]), kind=meta["requested_kind"], **{k: s[k] for k in SETTINGS})
+            kwargs = {k: s[k] for k in SETTINGS if k in s}
+            idx = cls(int(meta["dim"]), kind=meta["requested_kind"], **kwargs)
             next_id, n, kind = int(meta["next_id"]), int(meta["n"]), meta["kind"]
-            items = store.parse_items(meta["items"], n, next_id, meta_path)
             report = BuildReport(**meta["build_report"]) if meta.get("build_report") else None
+            if meta["version"] in store.JSON_ITEM_VERSIONS:
+                items = store.parse_items(meta["items"], n, next_id, meta_path)
+                if any(a.id >= b.id for a, b in zip(items, items[1:])):
+                    raise ModelError(f"{meta_path}: gallery rows are not in id order; rebuild it with `entrep index`")
+                log.info("%s: gallery format version %s keeps its metadata as one JSON list; converted in memory "
+                         "(the next save, e.g. `entrep index`, writes the SQLite store)", folder, meta["version"])
+                idx._store.set_rows(items, next_id)
+            else:
+                idx._store = store.RowStore.read(folder, meta)
         except (KeyError, TypeError, ValueError, UserError) as e:
             raise ModelError(f"{meta_path}: gallery index metadata is incomplete or invalid ({e}); "
                              "rebuild it with `entrep index`") from None
-        idx._store.set_rows(items, next_id)
         idx._params, idx._trained_on, idx.build_report = dict(meta.get("params") or {}), int(meta.get("trained_on", 0)), report
         if kind is None:
             if n:
@@ -403,4 +469,6 @@ class GalleryIndex:
             idx._faiss = backend.read_index(folder / FAISS_FILE, kind, idx._store.ids, idx.dim, idx._params,
                                             idx.ef_search)
             idx._kind = kind
+            if kind == "ivfpq":
+                idx._vecs = backend.read_vectors(folder / VECTORS_FILE, n, idx.dim)
         return idx
