@@ -50,6 +50,7 @@ def fit_cmd(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images with a warning instead of stopping."),
     finetune: Optional[str] = typer.Option(None, "--finetune", help="Adapt the image backbone: none (default), lora or partial (see docs/finetune.md)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tuning run from its last checkpoint."),
+    ensemble: Optional[int] = typer.Option(None, "--ensemble", min=1, help="Train K models on K group-aware folds and average them at inference (default: the config's ensemble key, 1; see docs/classification.md)."),
 ) -> None:
     """Train prototypes, heads and the inference policy on DATA and save the model folder."""
     from entrep.config import load_config
@@ -62,12 +63,17 @@ def fit_cmd(
         from entrep.config import FinetuneConfig
 
         cfg = cfg.replace(finetune=FinetuneConfig(**{**dataclasses.asdict(cfg.finetune), "method": finetune}))
+    if ensemble is not None:
+        cfg = cfg.replace(ensemble=ensemble)
     tax = _taxonomy(taxonomy) if taxonomy else config_taxonomy(cfg)
     stages = _Stages()
     ds = _read(data, tax, skip_bad)
     vds = _read(val, ds.taxonomy, skip_bad) if val else None
     stages(f"read {len(ds)} training images" + (f" and {len(vds)} validation images" if vds else ""))
     model = fit_model(ds, out=out, val=vds, config=cfg, progress=True, stage=stages, resume=resume)
+    if cfg.ensemble > 1:
+        console.print(f"[green]saved[/green] {escape(model.fit_summary())}", highlight=False)
+        return
     sel = model.training.get("policy_selection", {})
     acc = sel.get("validation_accuracy", {}).get(model.policy.name, float("nan"))
     console.print(
