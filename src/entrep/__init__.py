@@ -28,16 +28,18 @@ def load(path, *, cache=None, device=None, runtime=None):
 
 
 def fit(data, *, out=None, val=None, config=None, profile=None, cache=None, device=None, progress=False,
-        resume=False, stage=None):
+        resume=False, stage=None, ensemble=None):
     """Train a model on ``data`` (a DATA path or a Dataset); saves it to ``out`` when given.
 
     ``config`` is a :class:`entrep.config.FitConfig` or a YAML/JSON file; ``stage`` an optional
-    callable receiving one line per training stage (progress reporting).
+    callable receiving one line per training stage (progress reporting). ``ensemble`` K > 1
+    (default: the config's ``ensemble`` key) trains K models on K group-aware folds and returns
+    an :class:`entrep.model.EnsembleModel` that averages them (docs/classification.md, *Ensembles*).
     """
     from entrep.model import fit_model
 
     return fit_model(data, out=out, val=val, config=config, profile=profile, cache=cache, device=device,
-                     progress=progress, resume=resume, stage=stage)
+                     progress=progress, resume=resume, stage=stage, ensemble=ensemble)
 
 
 def review_exam(model, exam, *, fps=2.0, require=None, out=None, progress=False, config=None) -> dict:
