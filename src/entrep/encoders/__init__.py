@@ -13,7 +13,7 @@ from __future__ import annotations
 from entrep.encoders import dinov2, effnet, minilm, openclip  # noqa: F401  (register builders)
 from entrep.encoders import endovit, gastronet  # noqa: F401  (domain backbones from local files)
 from entrep.encoders.base import ImageEncoder, TextEncoder
-from entrep.encoders.config import ImageEncoderConfig, TextEncoderConfig
+from entrep.encoders.config import EncoderInfo, ImageEncoderConfig, TextEncoderConfig, encoder_fingerprint
 from entrep.encoders.pooling import flip_pooled, pooled_dim
 from entrep.encoders.registry import IMAGE, TEXT, register_image_encoder, register_text_encoder
 
@@ -46,8 +46,37 @@ def build_text_encoder(name: str, *, weights=None, device=None, **options) -> Te
     return TEXT.entry(canonical).builder(canonical, weights=weights, device=device, **options)
 
 
+def describe_encoder(kind: str, name: str, *, weights=None, pooling: str | None = None, device=None,
+                     **options) -> EncoderInfo | None:
+    """Name, dim and fingerprint of a registered encoder, computed from its config and the resolved weights
+    files (digests through the content-hash memo) without building the model or importing its library.
+
+    Takes the arguments of :func:`build_image_encoder` / :func:`build_text_encoder` (``kind`` "image" or
+    "text"; text encoders take no pooling). The fingerprint equals the built encoder's ``fingerprint``.
+    None when the encoder has no describer (then only building it tells its fingerprint).
+    """
+    reg = {"image": IMAGE, "text": TEXT}.get(kind)
+    if reg is None:
+        from entrep.errors import UserError
+
+        raise UserError(f"unknown encoder kind {kind!r}; use 'image' or 'text'")
+    canonical = reg.canonical(name)
+    fn = reg.describer_of(canonical)
+    if fn is None:
+        return None
+    kw = dict(options, weights=weights, device=device)
+    if kind == "image":
+        kw["pooling"] = pooling
+    described = fn(canonical, **kw)
+    if described is None:  # this source or option needs the built model (e.g. a pretrained tag)
+        return None
+    config, digest, precision, cls_name = described
+    return EncoderInfo(name=config.name, dim=int(config.dim),
+                       fingerprint=encoder_fingerprint(config, digest, precision, cls_name))
+
+
 __all__ = [
     "ImageEncoder", "ImageEncoderConfig", "TextEncoder", "TextEncoderConfig", "build_image_encoder",
-    "build_text_encoder", "flip_pooled", "list_encoders", "pooled_dim", "register_image_encoder",
+    "EncoderInfo", "build_text_encoder", "describe_encoder", "flip_pooled", "list_encoders", "pooled_dim", "register_image_encoder",
     "register_text_encoder",
 ]

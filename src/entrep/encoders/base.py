@@ -5,6 +5,12 @@ Like sentence-transformers, every encoder has one ``encode()`` entry point
 Subclasses only say how a preprocessed batch becomes vectors
 (:meth:`ImageEncoder.forward` / :meth:`TextEncoder.forward`).
 
+Image encoders also choose how ``forward`` runs (:meth:`ImageEncoder.use_runtime`:
+ONNX Runtime on CPU, see :mod:`entrep.encoders.onnx_runtime`, or torch), decode
+and preprocess the next batches in a small thread pool while the model runs
+(PIL releases the GIL), and on CUDA cap the batch size by free memory, run conv
+nets channels-last and copy from pinned host memory.
+
 Preprocessing never crops: the whole frame is scaled to fit ``image_size``
 (height, width) keeping its aspect ratio, and the rest is padded with black,
 the colour of the endoscope surround. A centre crop could cut away the side
@@ -18,8 +24,10 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -94,6 +102,51 @@ def to_normalised_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[
     return (a - m) / s
 
 
+#: default images per model batch on CPU (and the most on CUDA when memory allows more is not asked for)
+DEFAULT_BATCH_SIZE = 32
+#: batches decoded ahead of the one the model is running (bounded: memory stays flat)
+PREFETCH_BATCHES = 2
+
+#: what ImageEncoder.encode accepts per item: a PIL image, an image path, or a zero-argument loader
+ImageItem = Union[Image.Image, str, Path, Callable[[], Image.Image]]
+
+
+def batch_size_from_memory(free_bytes: float, per_image_bytes: float, *, requested: int | None = None,
+                           fixed_bytes: float = 0.0, headroom: float = 0.8, minimum: int = 1,
+                           maximum: int = 512) -> int:
+    """Images per GPU batch that fit in ``headroom`` of the free memory (pure; CUDA uses it).
+
+    ``per_image_bytes`` is the measured activation memory of one image (from a probe
+    batch), ``fixed_bytes`` what a batch needs whatever its size. The result is clamped
+    to [minimum, maximum]; an explicit ``requested`` size is kept when it fits and
+    lowered to what fits otherwise.
+    """
+    if per_image_bytes <= 0:
+        raise ValueError(f"per-image memory must be > 0, got {per_image_bytes}")
+    if minimum < 1 or maximum < minimum:
+        raise ValueError(f"need 1 <= minimum <= maximum, got {minimum}, {maximum}")
+    fits = int((free_bytes * headroom - fixed_bytes) // per_image_bytes)
+    fits = max(minimum, min(maximum, fits))
+    return fits if requested is None else max(minimum, min(int(requested), fits))
+
+
+def is_conv_net(model: torch.nn.Module) -> bool:
+    """More than a patch-embedding convolution: channels-last memory helps such nets on CUDA."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 2
+
+
+def _load_item(item) -> Image.Image:
+    from entrep.data.images import load_rgb
+
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, (str, Path)):
+        return load_rgb(item)
+    if callable(item):
+        return item()
+    raise UserError(f"cannot encode a {type(item).__name__}: pass PIL images, image paths or loaders")
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -116,14 +169,12 @@ class _EncoderBase:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over config + weights digest + pooling + preprocessing + effective precision."""
-        return _digest({
-            "config": self.config.to_dict(),  # type: ignore[attr-defined]
-            "weights": self.weights_digest,
-            "precision": self.precision,
-            "code": ENCODER_CODE_VERSION,
-            "kind": type(self).__name__,
-        })
+        """sha256 over config + weights digest + pooling + preprocessing + effective precision
+        (:func:`entrep.encoders.config.encoder_fingerprint`, also used without building the encoder)."""
+        from entrep.encoders.config import encoder_fingerprint
+
+        return encoder_fingerprint(self.config, self.weights_digest, self.precision,  # type: ignore[attr-defined]
+                                   type(self).__name__)
 
     @property
     def name(self) -> str:
@@ -145,6 +196,87 @@ class ImageEncoder(_EncoderBase):
     def __init__(self, config: ImageEncoderConfig, model: torch.nn.Module, **kw) -> None:
         self.config = config
         super().__init__(model, **kw)
+        #: the runtime forward runs on: "torch" or "onnx" (see use_runtime)
+        self.runtime = "torch"
+        self.runtime_requested: str | None = None
+        self.onnx_graph: Path | None = None  # the cached graph file when runtime is "onnx"
+        self._onnx = None
+        self._cuda_batch_limit: int | None = None
+        self.channels_last = self.device.type == "cuda" and is_conv_net(self.model)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # ---- runtime ----------------------------------------------------------------
+    def use_runtime(self, runtime: str, cache_dir: Path | None = None) -> str:
+        """Run ``forward`` on ``runtime`` ("auto", "torch" or "onnx"); returns the runtime used.
+
+        ``auto`` and ``onnx`` on CPU export ``forward`` to ONNX (cached under ``cache_dir`` by
+        fingerprint; ``None``: exported in memory, not cached) and run it with ONNX Runtime;
+        ``auto`` on a GPU stays torch. When the export or the session is impossible, ``auto``
+        falls back to torch with one log line and ``onnx`` is a UserError.
+        """
+        from entrep.config import RUNTIMES
+
+        if runtime not in RUNTIMES:
+            raise UserError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+        self.runtime_requested = runtime
+        self._onnx, self.onnx_graph, self.runtime = None, None, "torch"
+        if runtime == "torch":
+            return "torch"
+        if self.device.type != "cpu":
+            if runtime == "onnx":
+                raise UserError(f"encoder {self.name}: runtime onnx runs on CPU and this encoder is on "
+                                f"{self.device.type}; use --runtime auto or torch, or --device cpu")
+            return "torch"
+        from entrep.encoders import onnx_runtime
+
+        t0 = time.perf_counter()
+        try:
+            runner, path, exported = onnx_runtime.prepare(self, cache_dir)
+        except onnx_runtime.OnnxUnavailable as e:
+            if runtime == "onnx":
+                raise UserError(f"encoder {self.name}: runtime onnx is impossible ({e}); "
+                                f"use --runtime auto or torch") from None
+            log.warning("encoder %s: runtime torch (ONNX export impossible: %s)", self.name, e)
+            return "torch"
+        self._onnx, self.onnx_graph, self.runtime = runner, path, "onnx"
+        where = f"graph cached at {path}" if path is not None else "graph in memory, not cached"
+        log.info("encoder %s: runtime onnx (%s%s)", self.name, where,
+                 f"; exported in {time.perf_counter() - t0:.1f}s" if exported else "")
+        return "onnx"
+
+    # ---- GPU batch size -----------------------------------------------------------
+    def cuda_batch_limit(self, probe: int = 2) -> int | None:
+        """Most images per batch that fit in free CUDA memory (measured once); None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        if self._cuda_batch_limit is None:
+            h, w = self.config.image_size
+            x = torch.zeros(probe, 3, h, w, device=self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            with torch.inference_mode(), autocast_for(self.device, self.precision):
+                self.forward(x)
+            torch.cuda.synchronize(self.device)
+            per_image = (torch.cuda.max_memory_allocated(self.device) - before) / probe + x[0].numel() * 4
+            free, _total = torch.cuda.mem_get_info(self.device)
+            self._cuda_batch_limit = batch_size_from_memory(free, max(per_image, 1.0))
+            log.info("encoder %s: %.1f MiB per image on %s, %.0f MiB free: at most %d images per batch", self.name,
+                     per_image / 2**20, self.device, free / 2**20, self._cuda_batch_limit)
+            del x
+        return self._cuda_batch_limit
+
+    def effective_batch_size(self, requested: int | None) -> int:
+        """``requested`` (default 32) on CPU; on CUDA the memory-chosen size, lowered to ``requested`` if given."""
+        if requested is not None and requested < 1:
+            raise UserError(f"batch size must be >= 1, got {requested}")
+        limit = self.cuda_batch_limit()
+        if limit is None:
+            return requested or DEFAULT_BATCH_SIZE
+        return limit if requested is None else min(int(requested), limit)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> normalised (3, H, W) tensor; the whole frame, letterboxed."""
@@ -162,37 +294,97 @@ class ImageEncoder(_EncoderBase):
         """Vectors for an already preprocessed (B, 3, H, W) batch; float32 on the encoder's device."""
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(batch.shape)}")
-        with autocast_for(self.device, self.precision):
-            out = self.forward(batch.to(self.device, non_blocking=True))
+        if self._onnx is not None:
+            out = self._onnx(batch)
+        else:
+            x = batch.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(self.device, self.precision):
+                out = self.forward(x)
         out = out.float()
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
+    def _decode_batch(self, chunk: Sequence[ImageItem]) -> torch.Tensor:
+        """Load + preprocess one batch (run in the decode pool); pinned host memory when bound for CUDA."""
+        x = torch.stack([self.preprocess(_load_item(im)) for im in chunk])
+        return x.pin_memory() if self.device.type == "cuda" else x
+
+    def iter_encode(
+        self,
+        images: Iterable[ImageItem],
+        *,
+        batch_size: int | None = None,
+        normalize: bool = True,
+        prefetch: int = PREFETCH_BATCHES,
+        progress: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """(B, dim) float32 arrays, one per batch, in input order.
+
+        Items are PIL images, image paths (entrep.data.images.load_rgb) or zero-argument
+        loaders returning a PIL image. With ``prefetch`` > 0 a pool of ``prefetch``
+        threads decodes and preprocesses the next ``prefetch`` batches while the model
+        runs the current one (never more ahead, so memory stays flat); 0 is serial.
+        """
+        items = list(images)
+        bs = self.effective_batch_size(batch_size)
+        if prefetch < 0:
+            raise UserError(f"prefetch must be >= 0 batches, got {prefetch}")
+        chunks = [items[s:s + bs] for s in range(0, len(items), bs)]
+        pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="entrep-decode") if (
+            prefetch and len(chunks) > 1) else None
+        pending: deque = deque()
+        nxt = 0
+
+        def submit() -> None:
+            nonlocal nxt
+            if pool is not None:
+                pending.append(pool.submit(self._decode_batch, chunks[nxt]))
+            else:
+                pending.append(None)
+            nxt += 1
+
+        try:
+            with _progress(len(items), progress, "img") as bar:
+                while nxt < len(chunks) and len(pending) < 1 + (prefetch if pool is not None else 0):
+                    submit()
+                for i, chunk in enumerate(chunks):
+                    t0 = time.perf_counter()
+                    fut = pending.popleft()
+                    x = fut.result() if fut is not None else self._decode_batch(chunk)
+                    t1 = time.perf_counter()
+                    v = self.encode_tensor(x, normalize=normalize).cpu().numpy()
+                    if nxt < len(chunks):  # the model is done with batch i: decode batch i + prefetch + 1
+                        submit()
+                    log.debug("%s: batch %d of %d, waited %.3fs for decode, model %.3fs", self.config.name, i + 1,
+                              len(chunks), t1 - t0, time.perf_counter() - t1)
+                    bar.update(len(chunk))
+                    yield v
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
     def encode(
         self,
-        images: Iterable[Image.Image | str | Path],
+        images: Iterable[ImageItem],
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: bool = False,
         normalize: bool = True,
+        prefetch: int = PREFETCH_BATCHES,
     ) -> np.ndarray:
-        """Encode PIL images or image paths (loaded with entrep.data.images.load_rgb)."""
-        from entrep.data.images import load_rgb
+        """Encode PIL images, image paths or loaders (see :meth:`iter_encode`) into (N, dim) float32.
 
+        ``batch_size``: images per model batch (default 32 on CPU; on CUDA chosen from free
+        memory and lowered to ``batch_size`` when one is given).
+        """
         items = list(images)
-        if batch_size < 1:
-            raise UserError(f"batch size must be >= 1, got {batch_size}")
         out = np.empty((len(items), self.config.dim), dtype=np.float32)
-        with _progress(len(items), progress, "img") as bar:
-            for start in range(0, len(items), batch_size):
-                t0 = time.perf_counter()
-                chunk = items[start:start + batch_size]
-                pil = [im if isinstance(im, Image.Image) else load_rgb(im) for im in chunk]
-                x = torch.stack([self.preprocess(im) for im in pil])
-                t1 = time.perf_counter()
-                out[start:start + len(chunk)] = self.encode_tensor(x, normalize=normalize).cpu().numpy()
-                log.debug("%s: batch of %d, load+preprocess %.3fs, model %.3fs", self.config.name, len(chunk),
-                          t1 - t0, time.perf_counter() - t1)
-                bar.update(len(chunk))
+        start = 0
+        for v in self.iter_encode(items, batch_size=batch_size, normalize=normalize, prefetch=prefetch,
+                                  progress=progress):
+            out[start:start + len(v)] = v
+            start += len(v)
         return out
 
 

@@ -78,3 +78,28 @@ def options_tuple(options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]
             v = tuple(v)
         out.append((k, v))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What the feature cache and a model need of an encoder without building it: name, dim, fingerprint."""
+
+    name: str
+    dim: int
+    fingerprint: str
+
+
+def encoder_fingerprint(config: ImageEncoderConfig | TextEncoderConfig | dict, weights_digest: str, precision: str,
+                        kind: str) -> str:
+    """The one fingerprint formula: sha256 over config, weights digest, effective precision, code version and
+    encoder class name. A built encoder's ``fingerprint`` and the lazy :func:`entrep.encoders.describe_encoder`
+    both call this, so they agree by construction."""
+    import hashlib
+    import json
+
+    from entrep.encoders.base import ENCODER_CODE_VERSION
+
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # a saved config.to_dict() works too
+    obj = {"config": cfg, "weights": weights_digest, "precision": precision,
+           "code": ENCODER_CODE_VERSION, "kind": kind}
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -22,7 +22,7 @@ import torch
 from entrep.encoders.base import ImageEncoder
 from entrep.encoders.config import ImageEncoderConfig
 from entrep.encoders.pooling import MAP_POOLINGS, check_pooling, pool_map, pooled_dim
-from entrep.encoders.registry import register_image_encoder
+from entrep.encoders.registry import IMAGE, register_image_encoder
 from entrep.encoders.resolver import (
     choose_source,
     file_digest,
@@ -172,7 +172,8 @@ def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.
     return load_effnet(weights_file, image_size, "lite0")
 
 
-def build_effnet(variant: str, *, weights=None, pooling=None, device=None, precision=None, **options) -> EffNetEncoder:
+def _resolve(variant: str, weights, pooling, options) -> tuple[ImageEncoderConfig, Path]:
+    """(config, weights file) of an EfficientNet-Lite encoder: what building and describing share."""
     base = variant_config(variant)
     if options:
         raise UserError(f"{base.name}: unknown options {sorted(options)}; known: precision")
@@ -189,9 +190,21 @@ def build_effnet(variant: str, *, weights=None, pooling=None, device=None, preci
     else:
         raise WeightsError(f"{base.name}: weights source {source} is not a file, folder or package; "
                            f"{how_to_point(base.name, f'/path/to/efficientnet-{variant}.pth')}")
-    config = dataclasses.replace(base, pooling=pooling, dim=pooled_dim(pooling, CHANNELS), weights=str(source))
+    return dataclasses.replace(base, pooling=pooling, dim=pooled_dim(pooling, CHANNELS), weights=str(source)), path
+
+
+def build_effnet(variant: str, *, weights=None, pooling=None, device=None, precision=None, **options) -> EffNetEncoder:
+    config, path = _resolve(variant, weights, pooling, options)
     model = fold_batchnorm(load_effnet(path, config.image_size, variant))
     return EffNetEncoder(config, model, device=device, precision=precision, weights_digest=file_digest(path))
+
+
+def describe_effnet(name: str, *, weights=None, pooling=None, device=None, precision=None, **options):
+    """(config, weights digest, precision, kind) of an EfficientNet-Lite encoder, without building it."""
+    from entrep.encoders.base import resolve_device, resolve_precision
+
+    config, path = _resolve(name.rsplit("-", 1)[-1], weights, pooling, options)
+    return config, file_digest(path), resolve_precision(precision, resolve_device(device)), EffNetEncoder.__name__
 
 
 @register_image_encoder("effnet-lite0", aliases=("efficientnet-lite0",),
@@ -210,3 +223,7 @@ def build_effnet_lite1(name: str, **kw) -> EffNetEncoder:
                         summary="EfficientNet-Lite2 ImageNet (260x347), offline, laterality pooling")
 def build_effnet_lite2(name: str, **kw) -> EffNetEncoder:
     return build_effnet("lite2", **kw)
+
+
+for _name in ("effnet-lite0", "effnet-lite1", "effnet-lite2"):
+    IMAGE.describer(_name)(describe_effnet)

@@ -20,7 +20,7 @@ import torch
 
 from entrep.encoders.base import TextEncoder
 from entrep.encoders.config import TextEncoderConfig
-from entrep.encoders.registry import register_text_encoder
+from entrep.encoders.registry import TEXT, register_text_encoder
 from entrep.encoders.resolver import (
     choose_source,
     how_to_point,
@@ -87,10 +87,7 @@ def load_sentence_folder(folder: Path, *, what: str):
         mode = json.loads(pool_cfg.read_text())
         if not mode.get("pooling_mode_mean_tokens", False):
             raise WeightsError(f"{what}: {pool_cfg} is not mean pooling; this encoder reproduces mean pooling only")
-    max_len = 256
-    sbc = folder / "sentence_bert_config.json"
-    if sbc.is_file():
-        max_len = int(json.loads(sbc.read_text()).get("max_seq_length", max_len))
+    max_len = max_seq_length(folder)
     from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()
@@ -109,9 +106,19 @@ def load_sentence_folder(folder: Path, *, what: str):
     return model, tokenizer, max_len
 
 
-@register_text_encoder("minilm-l6", aliases=("all-minilm-l6-v2",),
-                       summary="all-MiniLM-L6-v2 sentence embeddings, English, offline default")
-def build_minilm(name: str, *, weights=None, device=None, precision=None, **options) -> SentenceEncoder:
+def max_seq_length(folder: Path, default: int = 256) -> int:
+    """``max_seq_length`` of a sentence-transformers folder (its sentence_bert_config.json), else ``default``."""
+    sbc = folder / "sentence_bert_config.json"
+    if sbc.is_file():
+        try:
+            return int(json.loads(sbc.read_text()).get("max_seq_length", default))
+        except (OSError, ValueError, TypeError) as e:
+            raise WeightsError(f"minilm-l6: {sbc} is unreadable ({e})") from None
+    return default
+
+
+def _resolve(weights, options):
+    """The sentence-transformers folder of the weights source (what building and describing share)."""
     if options:
         raise UserError(f"minilm-l6: unknown options {sorted(options)}; known: precision")
     source = choose_source(BASE.name, weights, BASE.weights)
@@ -133,7 +140,28 @@ def build_minilm(name: str, *, weights=None, device=None, precision=None, **opti
     else:
         raise WeightsError(f"minilm-l6: weights source {source} must be a folder, hf-hub repo or package; "
                            f"{how_to_point(BASE.name, 'local-dir:/path/to/all-MiniLM-L6-v2')}")
-    model, tokenizer, max_len = load_sentence_folder(folder, what="minilm-l6")
+    return source, folder
+
+
+def _config_and_digest(source, folder: Path, max_len: int) -> tuple[TextEncoderConfig, str]:
     config = dataclasses.replace(BASE, weights=str(source), max_tokens=max_len)
-    digest = weights_digest([folder / f for f in FOLDER_FILES if (folder / f).is_file()])
+    return config, weights_digest([folder / f for f in FOLDER_FILES if (folder / f).is_file()])
+
+
+@register_text_encoder("minilm-l6", aliases=("all-minilm-l6-v2",),
+                       summary="all-MiniLM-L6-v2 sentence embeddings, English, offline default")
+def build_minilm(name: str, *, weights=None, device=None, precision=None, **options) -> SentenceEncoder:
+    source, folder = _resolve(weights, options)
+    model, tokenizer, max_len = load_sentence_folder(folder, what="minilm-l6")
+    config, digest = _config_and_digest(source, folder, max_len)
     return SentenceEncoder(config, model, tokenizer, device=device, precision=precision, weights_digest=digest)
+
+
+@TEXT.describer("minilm-l6")
+def describe_minilm(name: str, *, weights=None, device=None, precision=None, **options):
+    """(config, weights digest, precision, kind) of MiniLM without importing transformers."""
+    from entrep.encoders.base import resolve_device, resolve_precision
+
+    source, folder = _resolve(weights, options)
+    config, digest = _config_and_digest(source, folder, max_seq_length(folder))
+    return config, digest, resolve_precision(precision, resolve_device(device)), SentenceEncoder.__name__

@@ -42,7 +42,7 @@ import torch
 from entrep.encoders.base import ImageEncoder, TextEncoder
 from entrep.encoders.config import ImageEncoderConfig, TextEncoderConfig, options_tuple
 from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
-from entrep.encoders.registry import register_image_encoder, register_text_encoder
+from entrep.encoders.registry import IMAGE, TEXT, register_image_encoder, register_text_encoder
 from entrep.encoders.resolver import (
     WeightsSource,
     choose_source,
@@ -219,9 +219,9 @@ def load_open_clip(
         return loaded
 
 
-def _load(source, *, arch, encoder_name, example, tokenizer_dir, quick_gelu) -> LoadedClip:
+def _folder_of(source, *, encoder_name, example) -> Path | None:
+    """The local open_clip model folder of an hf-hub or local-dir source (None for a file or tag)."""
     what = encoder_name
-    mean, std = OPENAI_MEAN, OPENAI_STD
     folder: Path | None = None
     if source.kind == "hf-hub":
         files = hub_files(source.location, [CONFIG_FILE], optional=TEXT_DIR_FILES, any_of=CHECKPOINTS,
@@ -234,15 +234,27 @@ def _load(source, *, arch, encoder_name, example, tokenizer_dir, quick_gelu) -> 
         if not (folder / CONFIG_FILE).is_file():
             raise WeightsError(f"{what}: {folder} has no {CONFIG_FILE} (an open_clip model folder holds "
                                f"{CONFIG_FILE} + open_clip_pytorch_model.bin)")
+    return folder
+
+
+def _read_folder(folder: Path, *, what: str) -> tuple[dict, tuple, tuple, Path]:
+    """(model_cfg, mean, std, checkpoint) of an open_clip model folder; reads JSON only (no open_clip import)."""
+    try:
+        full = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        model_cfg = full["model_cfg"]
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{what}: {folder / CONFIG_FILE} is not a valid open_clip config ({e})") from None
+    pre = full.get("preprocess_cfg", {})
+    mean, std = tuple(pre.get("mean", OPENAI_MEAN)), tuple(pre.get("std", OPENAI_STD))
+    return model_cfg, mean, std, find_weights_file(folder, CHECKPOINTS, what=what)
+
+
+def _load(source, *, arch, encoder_name, example, tokenizer_dir, quick_gelu) -> LoadedClip:
+    what = encoder_name
+    mean, std = OPENAI_MEAN, OPENAI_STD
+    folder = _folder_of(source, encoder_name=encoder_name, example=example)
     if folder is not None:
-        try:
-            full = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-            model_cfg = full["model_cfg"]
-        except (OSError, ValueError, KeyError) as e:
-            raise WeightsError(f"{what}: {folder / CONFIG_FILE} is not a valid open_clip config ({e})") from None
-        pre = full.get("preprocess_cfg", {})
-        mean, std = tuple(pre.get("mean", mean)), tuple(pre.get("std", std))
-        checkpoint = find_weights_file(folder, CHECKPOINTS, what=what)
+        model_cfg, mean, std, checkpoint = _read_folder(folder, what=what)
         files = [folder / CONFIG_FILE, checkpoint]
     else:
         import open_clip
@@ -438,3 +450,93 @@ def build_openclip_text(name, *, weights=None, device=None, **options):
     _family_default(name, weights)
     return _build_text(name, arch, "", f"/path/to/{arch}.bin", weights=weights, device=device,
                        **options)
+
+
+# ---- describing without building (fingerprints of a cold start) ---------------
+def _describe_folder(name: str, default: str, example: str, weights, tokenizer_dir, quick_gelu):
+    """(prepared cfg, mean, std, files) of an hf-hub/local-dir source from its JSON files; None otherwise."""
+    source = choose_source(name, weights, default)
+    folder = _folder_of(source, encoder_name=name, example=example)
+    if folder is None:  # a checkpoint file or pretrained tag: only open_clip knows the architecture
+        return None
+    model_cfg, mean, std, checkpoint = _read_folder(folder, what=name)
+    cfg, text_dir = _prepare_cfg(model_cfg, folder, tokenizer_dir, encoder_name=name, quick_gelu=quick_gelu)
+    files = [folder / CONFIG_FILE, checkpoint]
+    if text_dir is not None:
+        files += [text_dir / f for f in TEXT_DIR_FILES if (text_dir / f).is_file()]
+    return source, cfg, mean, std, files
+
+
+def _describe_image(name: str, default: str, example: str, *, weights, pooling, device, precision=None,
+                    tokenizer_dir=None, return_layers=None, quick_gelu=None, **rest):
+    from entrep.encoders.base import resolve_device, resolve_precision
+
+    if rest:
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, tokenizer_dir, return_layers, quick_gelu")
+    if return_layers or (pooling or "proj") != "proj":
+        return None  # token widths and block counts come from the built tower
+    plan = _describe_folder(name, default, example, weights, tokenizer_dir, quick_gelu)
+    if plan is None:
+        return None
+    source, cfg, mean, std, files = plan
+    size = cfg["vision_cfg"].get("image_size", 224)  # open_clip towers keep to_2tuple(image_size)
+    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
+    embed = int(cfg["embed_dim"])
+    config = ImageEncoderConfig(
+        name=name, dim=embed, image_size=size, mean=tuple(mean), std=tuple(std), weights=str(source),
+        pooling="proj", width=embed, interpolation="bicubic", licence=LICENCE.get(name, "see the model card of the weights"),
+        architecture="open_clip", options=options_tuple({"quick_gelu": quick_gelu}))
+    return config, weights_digest(files), resolve_precision(precision, resolve_device(device)), ClipImageEncoder.__name__
+
+
+def _describe_text(name: str, default: str, example: str, *, weights, device, precision=None, tokenizer_dir=None,
+                   quick_gelu=None, **rest):
+    from entrep.encoders.base import resolve_device, resolve_precision
+
+    if rest:
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, tokenizer_dir, quick_gelu")
+    plan = _describe_folder(name, default, example, weights, tokenizer_dir, quick_gelu)
+    if plan is None:
+        return None
+    source, cfg, _, _, files = plan
+    config = TextEncoderConfig(name=name, dim=int(cfg["embed_dim"]), weights=str(source),
+                               max_tokens=int(cfg["text_cfg"].get("context_length", 77)), languages=("en",),
+                               pooling="model", licence=LICENCE.get(name, "see the model card"),
+                               architecture="open_clip", options=options_tuple({"quick_gelu": quick_gelu}))
+    return config, weights_digest(files), resolve_precision(precision, resolve_device(device)), ClipTextEncoder.__name__
+
+
+@IMAGE.describer("biomedclip")
+def describe_biomedclip_image(name, *, weights=None, pooling=None, device=None, **options):
+    return _describe_image(name, BIOMEDCLIP_HUB, BIOMEDCLIP_EXAMPLE, weights=weights, pooling=pooling, device=device,
+                           **options)
+
+
+@TEXT.describer("biomedclip")
+def describe_biomedclip_text(name, *, weights=None, device=None, **options):
+    return _describe_text(name, BIOMEDCLIP_HUB, BIOMEDCLIP_EXAMPLE, weights=weights, device=device, **options)
+
+
+@IMAGE.describer("clip-vit-b16")
+def describe_clip_b16_image(name, *, weights=None, pooling=None, device=None, **options):
+    return _describe_image(name, "openai", "/path/to/ViT-B-16-openai.bin", weights=weights, pooling=pooling,
+                           device=device, **options)
+
+
+@TEXT.describer("clip-vit-b16")
+def describe_clip_b16_text(name, *, weights=None, device=None, **options):
+    return _describe_text(name, "openai", "/path/to/ViT-B-16-openai.bin", weights=weights, device=device, **options)
+
+
+@IMAGE.describer("openclip:")
+def describe_openclip_image(name, *, weights=None, pooling=None, device=None, **options):
+    _family_default(name, weights)
+    return _describe_image(name, "", f"/path/to/{name.partition(':')[2]}.bin", weights=weights, pooling=pooling,
+                           device=device, **options)
+
+
+@TEXT.describer("openclip:")
+def describe_openclip_text(name, *, weights=None, device=None, **options):
+    _family_default(name, weights)
+    return _describe_text(name, "", f"/path/to/{name.partition(':')[2]}.bin", weights=weights, device=device,
+                          **options)

@@ -74,6 +74,36 @@ class Profile:
         pooling = self.clip_image_pooling if role == "clip_image" else self.head_image_pooling
         return build_image_encoder(getattr(self, role), weights=weights, pooling=pooling, device=device, **opts)
 
+    def describe(self, role: str, *, device=None, build=None):
+        """:class:`~entrep.encoders.config.EncoderInfo` (name, dim, fingerprint) of ``role``'s encoder,
+        computed from its config and weights digest without building it (nor importing its library).
+
+        Equal to what the built encoder reports. An encoder whose registration has no describer is
+        built (that role only: ``build()`` when given, e.g. the Extractor's own build, else :meth:`build`).
+        """
+        from entrep.encoders import describe_encoder
+
+        if role not in ROLES:
+            raise UserError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        opts = dict(self.options.get(role, {}))
+        weights = self.weights.get(role)
+        if role == "clip_text":
+            info = describe_encoder("text", self.clip_text, weights=weights, device=device, **opts)
+        else:
+            pooling = self.clip_image_pooling if role == "clip_image" else self.head_image_pooling
+            info = describe_encoder("image", getattr(self, role), weights=weights, pooling=pooling, device=device,
+                                    **opts)
+        if info is None:
+            from entrep.encoders.config import EncoderInfo
+
+            enc = build() if build is not None else self.build(role, device=device)
+            info = EncoderInfo(name=enc.config.name, dim=int(enc.config.dim), fingerprint=enc.fingerprint)
+        return info
+
+    def fingerprint(self, role: str, *, device=None) -> str:
+        """The fingerprint of ``role``'s encoder without building it (see :meth:`describe`)."""
+        return self.describe(role, device=device).fingerprint
+
     def build_clip_image(self, *, device=None):
         return self.build("clip_image", device=device)
 

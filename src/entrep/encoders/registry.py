@@ -5,6 +5,12 @@
 builders take no pooling. A name ending in ``:`` registers a *family*: any
 ``family:ARG`` name goes to that builder (``openclip:ViT-L-14``). Unknown names
 fail with the list of valid ones.
+
+A builder may have a *describer* (``@IMAGE.describer("name")``): ``fn(name, *,
+weights, pooling, device, **options) -> (config, weights_digest, precision, kind)``
+computed from the config and the resolved weights files only, never building
+the model; it returns None when this source or option needs the built model. :func:`entrep.encoders.describe_encoder` uses it for fingerprints;
+an encoder without one is built to read its fingerprint.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
+        self._describers: dict[str, Callable] = {}
 
     def register(self, name: str, *, aliases: tuple[str, ...] = (), summary: str = "") -> Callable:
         def deco(fn: Callable) -> Callable:
@@ -43,6 +50,20 @@ class Registry:
             return fn
 
         return deco
+
+    def describer(self, name: str) -> Callable:
+        """Decorator: register the describer of the (already registered) builder ``name``."""
+        def deco(fn: Callable) -> Callable:
+            if name not in self._entries:
+                raise ValueError(f"{self.kind} encoder {name!r}: register the builder before its describer")
+            self._describers[name] = fn
+            return fn
+
+        return deco
+
+    def describer_of(self, name: str) -> Callable | None:
+        """The describer of ``name`` (alias or family member resolved), or None."""
+        return self._describers.get(self.entry(name).name)
 
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` (alias resolved); UserError listing valid names."""
