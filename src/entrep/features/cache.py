@@ -201,23 +201,53 @@ class FeatureCache:
         return self._hash_cache.sha256(list(paths))
 
     # ---- stores --------------------------------------------------------------
+    @staticmethod
+    def _ident(encoder) -> tuple[str, int, str]:
+        """(name, dim, fingerprint) of a built encoder or of an EncoderInfo (no encoder built)."""
+        cfg = getattr(encoder, "config", None)
+        if cfg is not None:
+            return cfg.name, int(cfg.dim), encoder.fingerprint
+        return encoder.name, int(encoder.dim), encoder.fingerprint
+
     def store_folder(self, encoder, view: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.config.name)
+        name, _, fp = self._ident(encoder)
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
         folder = view if view in ("orig", "flip") else f"{view}.k2"  # k2: views seeded from pixels
-        return self.root / f"{safe}-{encoder.fingerprint[:20]}" / folder
+        return self.root / f"{safe}-{fp[:20]}" / folder
 
     def _store(self, encoder, view: str) -> _Store:
-        return _Store(self.store_folder(encoder, view), fingerprint=encoder.fingerprint, encoder=encoder.config.name,
-                      dim=int(encoder.config.dim), view=view)
+        name, dim, fp = self._ident(encoder)
+        return _Store(self.store_folder(encoder, view), fingerprint=fp, encoder=name, dim=dim, view=view)
+
+    @staticmethod
+    def _builder(encoder, build):
+        """The callable giving the encoder that computes misses (built at most once, only on a miss)."""
+        if build is None:
+            if getattr(encoder, "config", None) is None:
+                raise TypeError("an EncoderInfo needs build=: a callable returning the encoder for cache misses")
+            return lambda: encoder
+        built = []
+
+        def get():
+            if not built:
+                enc = build()
+                name, dim, fp = FeatureCache._ident(encoder)
+                if enc.fingerprint != fp or int(enc.config.dim) != dim:
+                    raise CacheError(f"encoder {name}: the built encoder's fingerprint {enc.fingerprint[:12]} "
+                                     f"differs from the expected {fp[:12]}; its weights changed during the run")
+                built.append(enc)
+            return built[0]
+
+        return get
 
     def _fill(self, store: _Store, keys: list[str], compute, *, batch_size: int, progress: bool, unit: str) -> np.ndarray:
-        from tqdm.auto import tqdm
-
         found = store.get(keys)
         missing = [k for k in dict.fromkeys(keys) if k not in found]
         self.last_reused = len(set(keys)) - len(missing)
         self.last_computed = 0
         if missing:
+            from tqdm.auto import tqdm
+
             log.info("feature cache %s: computing %d, reusing %d", store.folder, len(missing), self.last_reused)
             with tqdm(total=len(missing), unit=unit, disable=not progress, leave=False) as bar:
                 for batch in _chunks(missing, batch_size):
@@ -232,12 +262,17 @@ class FeatureCache:
 
     # ---- public API -------------------------------------------------------------
     def image_features(self, encoder, paths: Sequence[str | Path], *, view: str = "orig", batch_size: int = 32,
-                       progress: bool = False) -> np.ndarray:
-        """(N, dim) float32 features of ``paths`` under ``view``; only missing rows are computed."""
-        from entrep.data.augment import apply_view, parse_view
-        from entrep.data.images import load_rgb
+                       progress: bool = False, build=None) -> np.ndarray:
+        """(N, dim) float32 features of ``paths`` under ``view``; only missing rows are computed.
+
+        ``encoder``: a built encoder, or an :class:`~entrep.encoders.config.EncoderInfo` (name, dim,
+        fingerprint) with ``build``, a callable returning the encoder, called only when a row is missing
+        (a fully cached call builds nothing).
+        """
+        from entrep.data.augment import parse_view
 
         parse_view(view)
+        get = self._builder(encoder, build)
         paths = [Path(p) for p in paths]
         keys = self.file_hashes(paths)
         first_path = {}
@@ -245,17 +280,23 @@ class FeatureCache:
             first_path.setdefault(k, p)
 
         def compute(batch: list[str]) -> np.ndarray:
+            from entrep.data.augment import apply_view
+            from entrep.data.images import load_rgb
+
             imgs = []
             for k in batch:
                 im = load_rgb(first_path[k])
                 imgs.append(im if view == "orig" else apply_view(im, view, key=pixel_key(im)))
-            return encoder.encode(imgs, batch_size=len(imgs), normalize=True)
+            return get().encode(imgs, batch_size=len(imgs), normalize=True)
 
         return self._fill(self._store(encoder, view), keys, compute, batch_size=batch_size, progress=progress,
                           unit="img")
 
-    def text_features(self, encoder, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """(N, dim) float32 features of ``texts``, keyed by text hash."""
+    def text_features(self, encoder, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False,
+                      build=None) -> np.ndarray:
+        """(N, dim) float32 features of ``texts``, keyed by text hash (``encoder``/``build``: see
+        :meth:`image_features`)."""
+        get = self._builder(encoder, build)
         texts = list(texts)
         keys = [text_key(t) for t in texts]
         first = {}
@@ -263,7 +304,7 @@ class FeatureCache:
             first.setdefault(k, t)
 
         def compute(batch: list[str]) -> np.ndarray:
-            return encoder.encode([first[k] for k in batch], batch_size=len(batch), normalize=True)
+            return get().encode([first[k] for k in batch], batch_size=len(batch), normalize=True)
 
         return self._fill(self._store(encoder, "text"), keys, compute, batch_size=batch_size, progress=progress,
                           unit="text")

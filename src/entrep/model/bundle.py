@@ -84,7 +84,7 @@ def save_model(model: EntrepModel, path: str | Path) -> Path:
         with open(tmp / "arrays.npz", "wb") as f:
             np.savez(f, **arrays)
         for role, adapted in model.adapters.items():
-            adapted.save(tmp / "adapters" / role)
+            _save_adapter(adapted, tmp / "adapters" / role)
         if model.gallery is not None:
             model.gallery.save(tmp / "gallery")
         if src_report is not None and src_report.is_dir():  # a re-saved model keeps its report
@@ -142,21 +142,76 @@ def load_model(path: str | Path, *, cache: str | Path | None = None, device: str
     return model
 
 
+def _save_adapter(adapted, folder: Path) -> None:
+    """An adapted encoder into ``folder``; one loaded but never built is copied from its own folder."""
+    from entrep.features.extractor import Deferred
+
+    if isinstance(adapted, Deferred):
+        if not adapted.built and adapted.source is not None and adapted.source.is_dir():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(adapted.source, folder)
+            return
+        adapted = adapted.get()
+    adapted.save(folder)
+
+
 def _load_adapters(path: Path, model: EntrepModel) -> dict:
+    """role -> adapted encoder, deferred: the base encoder is built only when a cache miss needs it."""
     folder = path / "adapters"
     if not folder.is_dir():
         return {}
-    from entrep.finetune import load_adapted
-
     out = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        base = model.profile.build(sub.name, device=model.device)
-        out[sub.name] = load_adapted(sub, base)
+        out[sub.name] = _deferred_adapter(sub, model)
     return out
 
 
+def _deferred_adapter(sub: Path, model: EntrepModel):
+    """The adapted encoder saved in ``sub``, its fingerprint from adapter.json and the base encoder's lazy one.
+
+    Same formula as :class:`entrep.finetune.encoder.AdaptedEncoder` (weights digest = sha256 of
+    ``base_fingerprint:digest``, device/precision of the base encoder) without building anything.
+    """
+    import hashlib
+
+    from entrep.encoders.base import resolve_device, resolve_precision
+    from entrep.encoders.config import EncoderInfo, encoder_fingerprint
+    from entrep.features.extractor import Deferred
+    from entrep.finetune.encoder import AdaptedEncoder, read_spec
+
+    role = sub.name
+    if role not in ("clip_image", "head_image"):
+        raise ModelError(f"{sub}: adapted encoder for unknown role {role!r}; roles are clip_image, head_image")
+    spec = read_spec(sub)
+    base_fp = model.profile.fingerprint(role, device=model.device)
+    try:
+        saved_base, digest, config = str(spec["base_fingerprint"]), str(spec["digest"]), dict(spec["config"])
+        name, dim = str(config["name"]), int(config["dim"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{sub}: adapter.json lacks its base fingerprint, digest or config ({e}); refit") from None
+    if saved_base != base_fp:
+        raise ModelError(f"{sub}: adapter was trained on encoder {spec.get('base_name')} with fingerprint "
+                         f"{saved_base[:12]}, but the encoder given is {name} {base_fp[:12]} "
+                         f"(other weights or options); load it with the original encoder")
+    precision = resolve_precision(None, resolve_device(model.device))
+    weights = hashlib.sha256(f"{saved_base}:{digest}".encode()).hexdigest()
+    info = EncoderInfo(name=name, dim=dim,
+                       fingerprint=encoder_fingerprint(config, weights, precision, AdaptedEncoder.__name__))
+
+    def build():
+        from entrep.finetune import load_adapted
+
+        log.info("building adapted %s encoder from %s", role, sub)
+        return load_adapted(sub, model.profile.build(role, device=model.device))
+
+    return Deferred(info, build, source=sub)
+
+
 def _check_encoders(model: EntrepModel) -> None:
-    """Refuse to run a model whose encoders' weights differ from those it was trained with."""
+    """Refuse to run a model whose encoders' weights differ from those it was trained with.
+
+    Reads fingerprints from the encoders' configs and weights digests: builds no encoder.
+    """
     saved = model.encoders or {}
     if not saved:
         return
