@@ -51,8 +51,12 @@ class Extractor:
         self.batch_size = batch_size
         self.progress = progress
         self.runtime = runtime  # what was asked for; each image encoder reports what it runs on
-        self._encoders: dict[str, Any] = dict(overrides or {})
-        self._overridden = frozenset(overrides or {})
+        overrides = dict(overrides or {})
+        #: adapted encoders not built yet (Deferred): built on the first cache miss of their role
+        self._deferred: dict[str, Deferred] = {r: e for r, e in overrides.items() if isinstance(e, Deferred)}
+        self._encoders: dict[str, Any] = {r: e for r, e in overrides.items() if r not in self._deferred}
+        self._overridden = frozenset(overrides)
+        self._infos: dict[str, Any] = {}
 
     # ---- encoders -------------------------------------------------------
     def _role(self, which: str) -> str:
@@ -68,12 +72,44 @@ class Extractor:
             self._encoders[role] = self.profile.build(role, device=self.device)
         return self._encoders[role]
 
+    def _encoder(self, role: str):
+        """The built encoder of ``role`` (a deferred adapted encoder is built first)."""
+        if role in self._deferred and role not in self._encoders:
+            self._encoders[role] = self._deferred[role].get()
+        return self._build(role)
+
     def image_encoder(self, which: str):
         """The image encoder for "clip" (joint space) or "head" features, built once."""
-        return self._build(self._role(which))
+        return self._encoder(self._role(which))
 
     def text_encoder(self):
-        return self._build("clip_text")
+        return self._encoder("clip_text")
+
+    def info(self, role: str):
+        """Name, dim and fingerprint of ``role``'s encoder (:class:`entrep.encoders.EncoderInfo`), without
+        building it: from the built encoder when there is one, else from the profile's config and weights
+        digest (:meth:`entrep.encoders.profiles.Profile.describe`)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        if role not in self._infos:
+            from entrep.encoders.config import EncoderInfo
+
+            if role in self._encoders:
+                enc = self._encoders[role]
+                self._infos[role] = EncoderInfo(enc.config.name, int(enc.config.dim), enc.fingerprint)
+            elif role in self._deferred:
+                self._infos[role] = self._deferred[role].info
+            elif getattr(self.profile, "describe", None) is not None:
+                self._infos[role] = self.profile.describe(role, device=self.device,
+                                                          build=lambda: self._encoder(role))
+            else:  # a duck-typed profile that can only build
+                enc = self._encoder(role)
+                self._infos[role] = EncoderInfo(enc.config.name, int(enc.config.dim), enc.fingerprint)
+        return self._infos[role]
+
+    def built_roles(self) -> list[str]:
+        """Roles whose encoder has been built so far (what a fully cached run keeps empty)."""
+        return sorted(r for r in self._encoders if r not in self._overridden or r in self._deferred)
 
     def shares_encoder(self) -> bool:
         """One encoder serves both spaces (same encoder and pooling, none adapted)."""
@@ -81,12 +117,15 @@ class Extractor:
 
     # ---- features -------------------------------------------------------
     def images(self, which: str, images: Sequence[ImageLike], view: str = "orig") -> np.ndarray:
-        enc = self.image_encoder(which)
+        """Features of files (through the cache: the encoder is built only on a miss) or in-memory images."""
+        role = self._role(which)
         if not images:
-            return np.zeros((0, enc.config.dim), dtype=np.float32)
+            return np.zeros((0, self.info(role).dim), dtype=np.float32)
         if all(isinstance(x, (str, Path)) for x in images):
             return self.cache.image_features(
-                enc, [Path(x) for x in images], view=view, batch_size=self.batch_size, progress=self.progress)
+                self.info(role), [Path(x) for x in images], view=view, batch_size=self.batch_size,
+                progress=self.progress, build=lambda: self._encoder(role))
+        enc = self._encoder(role)
         from entrep.data.augment import apply_view
         from entrep.data.images import load_rgb
         from entrep.features.cache import pixel_key
@@ -99,21 +138,50 @@ class Extractor:
         return enc.encode(pil, batch_size=self.batch_size, progress=False, normalize=True).astype(np.float32)
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
-        enc = self.text_encoder()
+        """Text features through the cache: the text encoder is built only on a miss."""
+        info = self.info("clip_text")
         if not texts:
-            return np.zeros((0, enc.config.dim), dtype=np.float32)
-        return self.cache.text_features(enc, list(texts))
+            return np.zeros((0, info.dim), dtype=np.float32)
+        return self.cache.text_features(info, list(texts), build=self.text_encoder)
 
     def file_hashes(self, paths: Sequence) -> list[str]:
         """sha256 of each file's bytes, remembered by the one content-hash memo."""
         return self.cache.file_hashes(paths)
 
     def describe(self) -> dict:
-        """Names, dimensions and fingerprints of the encoders (what a model records and checks)."""
+        """Names, dimensions and fingerprints of the encoders (what a model records and checks).
+
+        Builds no encoder: fingerprints come from the encoders' configs and weights digests.
+        """
         out: dict[str, Any] = {"profile": getattr(self.profile, "name", str(self.profile))}
-        for which in ("clip", "head"):
-            enc = self.image_encoder(which)
-            out[f"{which}_image"] = {"name": enc.config.name, "dim": enc.config.dim, "fingerprint": enc.fingerprint}
-        t = self.text_encoder()
-        out["clip_text"] = {"name": t.config.name, "dim": t.config.dim, "fingerprint": t.fingerprint}
+        for key, role in (("clip_image", self._role("clip")), ("head_image", self._role("head")),
+                          ("clip_text", "clip_text")):
+            i = self.info(role)
+            out[key] = {"name": i.name, "dim": i.dim, "fingerprint": i.fingerprint}
         return out
+
+
+class Deferred:
+    """An encoder known by its :class:`~entrep.encoders.EncoderInfo` and built by ``build()`` only when
+    first needed (e.g. an adapted encoder of a loaded model, whose base encoder is costly to build)."""
+
+    def __init__(self, info, build, *, source: Path | None = None) -> None:
+        self.info = info
+        self._build_fn = build
+        self._built = None
+        self.source = source  # the folder it is read from, when there is one
+
+    @property
+    def built(self) -> bool:
+        return self._built is not None
+
+    def get(self):
+        if self._built is None:
+            enc = self._build_fn()
+            if enc.fingerprint != self.info.fingerprint:
+                from entrep.errors import ModelError
+
+                raise ModelError(f"{self.source or self.info.name}: the built encoder's fingerprint "
+                                 f"{enc.fingerprint[:12]} differs from the recorded {self.info.fingerprint[:12]}")
+            self._built = enc
+        return self._built
