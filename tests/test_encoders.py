@@ -342,3 +342,99 @@ def test_builtin_profiles_are_package_yaml_files_read_by_the_user_loader():
     for name in files:
         assert get_profile(name) == load_profile(BUILTIN_DIR / f"{name}.yaml")
     assert get_profile("offline-fast").clip_image == "effnet-lite0"
+
+
+# ---- decode pool, batch size rule ---------------------------------------------------
+def _tiny_files(folder, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = folder / f"f{i}.png"
+        _frame(i, size=(64, 48)).save(p)
+        out.append(p)
+    return out
+
+
+def test_prefetch_gives_identical_vectors_in_the_same_order(tmp_path):
+    from test_features import TinyImageEncoder  # a small seeded conv net
+
+    enc = TinyImageEncoder()
+    files = _tiny_files(tmp_path, 7)
+    items = [files[0], _frame(1, size=(64, 48)), *files[2:5], lambda: _frame(5, size=(64, 48)), str(files[6])]
+    serial = enc.encode(items, batch_size=2, prefetch=0)
+    for prefetch in (1, 2):
+        np.testing.assert_array_equal(enc.encode(items, batch_size=2, prefetch=prefetch), serial)
+    one_by_one = np.concatenate([enc.encode([it], prefetch=0) for it in items])
+    np.testing.assert_allclose(serial, one_by_one, atol=1e-5)
+    batches = list(enc.iter_encode(items, batch_size=3))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(batches), enc.encode(items, batch_size=3, prefetch=0))
+
+
+def test_prefetch_stays_at_most_two_batches_ahead_of_the_model():
+    import threading
+    from test_features import TinyImageEncoder  # a small seeded conv net
+
+    enc = TinyImageEncoder()
+    events, lock = [], threading.Lock()
+    done = [0]
+    forward = enc.forward
+
+    def slow_forward(x):
+        time.sleep(0.02)  # a slow model: an unbounded pool would run far ahead
+        out = forward(x)
+        with lock:
+            events.append(("done", done[0]))
+            done[0] += 1
+        return out
+
+    enc.forward = slow_forward
+
+    def loader(i):
+        def load():
+            with lock:
+                events.append(("decode", i // 2))  # batch size 2
+            return _frame(i, size=(64, 48))
+        return load
+
+    out = enc.encode([loader(i) for i in range(16)], batch_size=2, prefetch=2)
+    assert out.shape == (16, enc.config.dim)
+    finished = -1
+    for kind, b in events:
+        if kind == "done":
+            finished = b
+        else:  # while the model runs batch finished + 1, at most the two after it are decoded
+            assert b <= finished + 3, events
+    assert max(b for k, b in events if k == "decode") == 7
+
+
+def test_decode_error_in_the_pool_is_the_one_line_error(tmp_path):
+    from test_features import TinyImageEncoder  # a small seeded conv net
+
+    files = _tiny_files(tmp_path, 4) + [tmp_path / "missing.png"]
+    from entrep.errors import EntrepError
+
+    with pytest.raises(EntrepError, match="missing.png: file not found"):
+        TinyImageEncoder().encode(files, batch_size=2, prefetch=2)
+    with pytest.raises(UserError, match="batch size"):
+        TinyImageEncoder().encode(files, batch_size=0)
+
+
+def test_gpu_batch_size_rule_from_free_memory():
+    from entrep.encoders.base import batch_size_from_memory
+
+    mib = 2**20
+    # 10 GiB free, 80% usable, 50 MiB per image -> 163 images
+    assert batch_size_from_memory(10 * 1024 * mib, 50 * mib) == 163
+    assert batch_size_from_memory(10 * 1024 * mib, 50 * mib, maximum=128) == 128  # clamped above
+    assert batch_size_from_memory(10 * mib, 50 * mib) == 1  # never below one image
+    assert batch_size_from_memory(10 * 1024 * mib, 50 * mib, fixed_bytes=4096 * mib) == 81  # fixed cost first
+    assert batch_size_from_memory(10 * 1024 * mib, 50 * mib, requested=32) == 32  # a requested size that fits
+    assert batch_size_from_memory(1024 * mib, 50 * mib, requested=64) == 16  # lowered to what fits
+    with pytest.raises(ValueError):
+        batch_size_from_memory(1024 * mib, 0)
+
+
+def test_cpu_batch_size_is_the_requested_one(effnet):
+    assert effnet.cuda_batch_limit() is None and not effnet.channels_last
+    assert effnet.effective_batch_size(None) == 32 and effnet.effective_batch_size(5) == 5

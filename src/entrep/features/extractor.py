@@ -67,10 +67,17 @@ class Extractor:
         return f"{which}_image"
 
     def _build(self, role: str):
+        """The encoder of ``role``, built once; image encoders are switched to the requested runtime
+        (ONNX Runtime on CPU where the export works, graphs cached under ``<cache>/onnx``)."""
         if role not in self._encoders:
             log.info("building %s encoder of profile %s", role, getattr(self.profile, "name", "?"))
             self._encoders[role] = self.profile.build(role, device=self.device)
-        return self._encoders[role]
+        enc = self._encoders[role]
+        from entrep.encoders.base import ImageEncoder
+
+        if isinstance(enc, ImageEncoder) and enc.runtime_requested != self.runtime:
+            enc.use_runtime(self.runtime, cache_dir=self.cache.root / "onnx")
+        return enc
 
     def _encoder(self, role: str):
         """The built encoder of ``role`` (a deferred adapted encoder is built first)."""

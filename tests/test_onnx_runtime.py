@@ -1,0 +1,187 @@
+"""ONNX Runtime for image encoders: equal to torch, graphs cached by fingerprint, torch fallback, Extractor wiring."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from entrep.encoders import build_image_encoder, onnx_runtime
+from entrep.encoders.pooling import pool_map
+from entrep.errors import UserError
+from entrep.features import Extractor
+from helpers import tiny_effnet_encoder, tiny_vit_encoder
+from test_features import TinyImageEncoder
+
+
+def _frames(n, size=(640, 480), seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        a[:, : size[0] // 5] = 230  # a bright left edge: left/right differ
+        out.append(Image.fromarray(a))
+    return out
+
+
+class NoExportEncoder(TinyImageEncoder):
+    """A forward with an op neither ONNX exporter supports (symmetric eigenvalues)."""
+
+    def forward(self, x):
+        v = super().forward(x)  # counts the images it sees
+        gram = v[:, :4, None] * v[:, None, :4] + torch.eye(4)
+        return v * torch.linalg.eigvalsh(gram).sum(-1, keepdim=True)
+
+
+def _torch_and_onnx(enc, images, cache_dir, batch_size=2):
+    ref = enc.encode(images, batch_size=batch_size)
+    assert enc.use_runtime("onnx", cache_dir=cache_dir) == "onnx" and enc.runtime == "onnx"
+    got = enc.encode(images, batch_size=batch_size)
+    return ref, got
+
+
+def test_real_offline_encoder_onnx_equals_torch(tmp_path):
+    enc = build_image_encoder("effnet-lite0", device="cpu")
+    ref, got = _torch_and_onnx(enc, _frames(3), tmp_path / "onnx")
+    assert got.shape == (3, enc.config.dim)
+    assert np.abs(got - ref).max() <= 1e-4
+    assert enc.onnx_graph is not None and enc.onnx_graph.parent == tmp_path / "onnx" and enc.onnx_graph.is_file()
+
+
+@pytest.mark.parametrize("make", [tiny_effnet_encoder, tiny_vit_encoder], ids=["effnet", "vit"])
+def test_tiny_config_built_models_onnx_equal_torch(tmp_path, make):
+    enc = make()
+    ref, got = _torch_and_onnx(enc, _frames(5, size=(64, 48)), tmp_path, batch_size=2)  # batches 2, 2, 1
+    assert np.abs(got - ref).max() <= 1e-4
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_graph_is_cached_by_fingerprint(tmp_path, monkeypatch):
+    first = tiny_effnet_encoder(seed=0)
+    assert first.use_runtime("auto", cache_dir=tmp_path) == "onnx"
+    path = first.onnx_graph
+    assert path.is_file() and list(tmp_path.iterdir()) == [path]
+
+    exports = []
+    real_export = onnx_runtime.export_forward
+    monkeypatch.setattr(onnx_runtime, "export_forward", lambda enc: exports.append(enc.name) or real_export(enc))
+    again = tiny_effnet_encoder(seed=0)  # same config and weights: same fingerprint
+    assert again.use_runtime("auto", cache_dir=tmp_path) == "onnx"
+    assert exports == [] and again.onnx_graph == path  # loaded, not exported again
+    ims = _frames(2, size=(64, 48))
+    np.testing.assert_allclose(again.encode(ims), first.encode(ims), atol=1e-6)
+
+    other = tiny_effnet_encoder(seed=1)  # other weights digest: other fingerprint, other file
+    assert other.fingerprint != first.fingerprint
+    assert other.use_runtime("auto", cache_dir=tmp_path) == "onnx"
+    assert exports == ["tiny-effnet"] and other.onnx_graph != path and other.onnx_graph.is_file()
+
+
+def test_corrupt_cached_graph_is_rebuilt_with_a_warning(tmp_path, caplog):
+    enc = tiny_effnet_encoder()
+    path = onnx_runtime.graph_path(tmp_path, enc)
+    path.write_bytes(b"not an onnx graph")
+    ims = _frames(3, size=(64, 48))
+    ref = enc.encode(ims)
+    with caplog.at_level(logging.WARNING, logger="entrep.encoders.onnx_runtime"):
+        assert enc.use_runtime("auto", cache_dir=tmp_path) == "onnx"
+    assert any("cached ONNX graph" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    assert path.stat().st_size > 1000  # replaced by a real graph
+    assert np.abs(enc.encode(ims) - ref).max() <= 1e-4
+
+
+def test_encoder_that_cannot_export_falls_back_to_torch_with_one_line(tmp_path, caplog):
+    enc = NoExportEncoder()
+    ims = _frames(3, size=(64, 48))
+    ref = enc.encode(ims)
+    with caplog.at_level(logging.INFO, logger="entrep.encoders"):
+        assert enc.use_runtime("auto", cache_dir=tmp_path) == "torch"
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO and "runtime" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    msg = lines[0].getMessage()
+    assert "encoder tiny" in msg and "runtime torch" in msg and "eigvalsh" in msg and "\n" not in msg
+    assert enc.runtime == "torch" and enc.onnx_graph is None and not list(tmp_path.glob("*.onnx"))
+    seen = int(enc.images_seen)
+    np.testing.assert_array_equal(enc.encode(ims), ref)  # torch's results, computed by torch
+    assert int(enc.images_seen) == seen + 3
+
+    with pytest.raises(UserError) as e:
+        NoExportEncoder().use_runtime("onnx", cache_dir=tmp_path)
+    assert "runtime onnx is impossible" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_graph_that_differs_from_torch_is_not_used(tmp_path):
+    class Constant(TinyImageEncoder):
+        """Goes through numpy: the trace records a constant, whose outputs differ from torch's."""
+
+        def forward(self, x):
+            v = pool_map(self.model(x), "grid2")
+            return torch.from_numpy(np.tanh(v.numpy()))
+
+    enc = Constant()
+    assert enc.use_runtime("auto", cache_dir=tmp_path) == "torch"
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_torch_runtime_and_unknown_runtime(tmp_path):
+    enc = tiny_effnet_encoder()
+    assert enc.use_runtime("onnx", cache_dir=tmp_path) == "onnx"
+    assert enc.use_runtime("torch", cache_dir=tmp_path) == "torch" and enc.runtime == "torch"
+    with pytest.raises(UserError, match="unknown runtime"):
+        enc.use_runtime("tensorrt")
+
+
+class OneEncoderProfile:
+    name = "one-tiny"
+    head_shares_clip = True
+
+    def __init__(self, make):
+        self.make = make
+        self.built = []
+
+    def build(self, role, device=None):
+        self.built.append(role)
+        return self.make()
+
+
+def _files(folder, n=3, seed=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, im in enumerate(_frames(n, size=(64, 48), seed=seed)):
+        p = folder / f"im{i}.png"
+        im.save(p)
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("runtime", ["auto", "torch", "onnx"])
+def test_extractor_runs_image_encoders_on_the_requested_runtime(tmp_path, runtime, caplog):
+    files = _files(tmp_path)
+    prof = OneEncoderProfile(tiny_effnet_encoder)
+    with caplog.at_level(logging.INFO, logger="entrep.encoders.base"):
+        ex = Extractor(prof, cache_root=tmp_path / "cache", runtime=runtime)
+        got = ex.images("clip", files)
+    enc = ex.image_encoder("clip")
+    want = "torch" if runtime == "torch" else "onnx"
+    assert enc.runtime == want and prof.built == ["clip_image"]
+    if want == "onnx":
+        assert enc.onnx_graph.parent == tmp_path / "cache" / "onnx"
+        assert any(f"encoder tiny-effnet: runtime onnx (graph cached at {enc.onnx_graph}" in r.getMessage()
+                   for r in caplog.records)
+    ref = tiny_effnet_encoder().encode([Image.open(p).convert("RGB") for p in files])
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_extractor_falls_back_for_an_adapted_encoder_that_cannot_export(tmp_path):
+    files = _files(tmp_path)
+    adapted = NoExportEncoder(seed=5, name="adapted")
+    ex = Extractor(OneEncoderProfile(tiny_effnet_encoder), cache_root=tmp_path / "cache",
+                   overrides={"clip_image": adapted})
+    ex.images("clip", files)
+    seen = int(adapted.images_seen)
+    got = ex.images("clip", files[:1] + _files(tmp_path / "more", 1, seed=9))  # one cached, one new
+    assert adapted.runtime == "torch" and int(adapted.images_seen) == seen + 1
+    got = ex.images("clip", files)
+    np.testing.assert_allclose(got, NoExportEncoder(seed=5, name="adapted").encode(
+        [Image.open(p).convert("RGB") for p in files]), atol=1e-6)
