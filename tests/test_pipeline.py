@@ -129,12 +129,12 @@ def test_image_search_filters_to_the_predicted_class_and_excludes_the_query(tiny
     m = load_model(tiny_model_dir)
     cls = json.loads((tiny_data_dir / "cls.json").read_text())
     query = next(n for n, lbl in cls.items() if lbl == "nose-left")
-    res = search_image(m, tiny_data_dir / "imgs" / query, k=5)
+    res = search_image(m, tiny_data_dir / "imgs" / query, k=5, ranking="hard")
     pred = res["prediction"]["label"]
     assert res["results"], "the gallery has other images of the class"
-    assert all(h["label"] == pred for h in res["results"])  # a nose-left query never returns nose-right
+    assert all(h["label"] == pred for h in res["results"])  # a hard filter: nose-left never returns nose-right
     assert query not in [h["name"] for h in res["results"]]
-    coarse = search_image(m, tiny_data_dir / "imgs" / query, k=50, filter="coarse")
+    coarse = search_image(m, tiny_data_dir / "imgs" / query, k=50, filter="coarse", ranking="hard")
     assert {h["group"] for h in coarse["results"]} == {ENT.group_of(pred)}
     scores = [h["score"] for h in coarse["results"]]
     assert scores == sorted(scores, reverse=True)

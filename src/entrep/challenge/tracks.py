@@ -2,7 +2,10 @@
 
 Track 1 classifies every query image. Tracks 2 and 3 search a gallery made of
 the images in the test folder (the query image itself excluded); gallery labels
-are the model's predictions, used by Track 2's class-aware filter. Every query
+are the model's predictions, used by Track 2's class-aware ranking (soft by
+default: cosine + alpha * the query's probability of the gallery image's class).
+Track 3 searches the joint block of the gallery (any space with one: joint,
+concat, metric). Every query
 is answered or the command stops with an error naming the query: nothing is
 silently dropped.
 """
@@ -87,8 +90,9 @@ def make_submission(model, track: int, queries_csv: Path, images: Path, out: Pat
         if track == 2:
             paths = _resolve_query_images(uniq, images)
             _check_readable(paths)
-            # the one image-search rule; a class filter that leaves nothing falls back to every class
-            _, _, hits = image_hits(model, paths, k=1, filter=filter, gallery=gallery, fallback=True)
+            # the one image-search rule (soft class ranking by default); a hard class filter that
+            # leaves nothing falls back to every class
+            hits = image_hits(model, paths, k=1, filter=filter, gallery=gallery, fallback=True).hits
         else:
             empty = [t for t in uniq if not t.strip()]
             if empty:

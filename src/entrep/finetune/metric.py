@@ -172,23 +172,51 @@ def recall_at_1(emb: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(y[np.argmax(s, axis=1)] == y))
 
 
+#: alpha of :func:`soft_class_rank` for models fitted before alpha was tuned at fit time (docs/retrieval.md)
+DEFAULT_RANK_ALPHA = 0.5
+
+#: the alphas :func:`tune_rank_alpha` tries on validation (0 = pure similarity; 4 is a near-hard filter)
+RANK_ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+
+
 def soft_class_rank(similarity: np.ndarray, class_proba_of_query: np.ndarray, gallery_labels: np.ndarray,
                     alpha: float) -> np.ndarray:
     """Ranking scores ``score[q, g] = sim[q, g] + alpha * p_q(class of g)``.
 
     ``similarity``: (Q, G) cosine similarities; ``class_proba_of_query``: (Q, C) class
-    probabilities of each query; ``gallery_labels``: (G,) class ids. ``alpha = 0`` is pure
-    similarity; a large ``alpha`` approaches the hard filter (predicted class first), but a
-    gallery image of another class can still outrank same-class ones when it is much more
-    similar or when the prediction is unsure, so a wrong prediction no longer makes every
-    result wrong. Sort each row descending to rank.
+    probabilities of each query; ``gallery_labels``: (G,) class ids (``-1``: no class, bonus 0).
+    ``alpha = 0`` is pure similarity; a large ``alpha`` approaches the hard filter (predicted
+    class first), but a gallery image of another class can still outrank same-class ones when
+    it is much more similar or when the prediction is unsure, so a wrong prediction no longer
+    makes every result wrong. Sort each row descending to rank.
     """
     sim = np.asarray(similarity, dtype=np.float64)
     p = np.asarray(class_proba_of_query, dtype=np.float64)
     g = np.asarray(gallery_labels, dtype=np.int64)
     if sim.shape != (p.shape[0], g.shape[0]):
         raise UserError(f"soft_class_rank: similarity {sim.shape} does not match {p.shape[0]} queries x {g.shape[0]} gallery")
-    return sim + float(alpha) * p[:, g]
+    bonus = np.where(g[None, :] >= 0, p[:, np.maximum(g, 0)], 0.0)
+    return sim + float(alpha) * bonus
+
+
+def class_bins(taxonomy, fine_proba: np.ndarray, level: str) -> tuple[np.ndarray, np.ndarray, list[frozenset]]:
+    """What soft ranking weighs at ``level`` "fine" (classes) or "coarse" (groups).
+
+    Returns ``(proba, bin_of_class, labels_of_bin)``: the (Q, B) probability of each bin for
+    each query (a group's probability is the sum of its classes'), the (C,) bin id of each fine
+    class, and the label set of each bin (what a class-restricted search allows).
+    """
+    p = np.asarray(fine_proba, dtype=np.float64)
+    if level == "fine":
+        return p, np.arange(taxonomy.n_classes), [frozenset({c}) for c in taxonomy.classes]
+    if level != "coarse":
+        raise UserError(f"class_bins: level must be fine or coarse, got {level!r}")
+    if not taxonomy.group_names:  # a flat taxonomy: the coarse level is the fine one
+        return class_bins(taxonomy, p, "fine")
+    gid = np.asarray(taxonomy.group_ids(), dtype=np.int64)
+    onehot = np.zeros((taxonomy.n_classes, len(taxonomy.group_names)))
+    onehot[np.arange(taxonomy.n_classes), gid] = 1.0
+    return p @ onehot, gid, [frozenset(taxonomy.members(g)) for g in taxonomy.group_names]
 
 
 def mean_reciprocal_rank(scores: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> float:
@@ -200,9 +228,15 @@ def mean_reciprocal_rank(scores: np.ndarray, gallery_labels: np.ndarray, query_l
 
 
 def tune_rank_alpha(similarity, class_proba_of_query, gallery_labels, query_labels,
-                    alphas: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)) -> tuple[float, dict]:
-    """The ``alpha`` of :func:`soft_class_rank` with the best validation MRR (smallest on ties), and all MRRs."""
-    table = {float(a): mean_reciprocal_rank(soft_class_rank(similarity, class_proba_of_query, gallery_labels, a),
+                    alphas: Sequence[float] = RANK_ALPHAS, *, gallery_bins=None) -> tuple[float, dict]:
+    """The ``alpha`` of :func:`soft_class_rank` with the best validation MRR (smallest on ties), and all MRRs.
+
+    Relevance is the fine class (``gallery_labels`` vs ``query_labels``); the bonus is read from
+    ``class_proba_of_query`` at ``gallery_bins`` (default: the gallery's class ids; pass group ids
+    with group probabilities for the coarse level, see :func:`class_bins`).
+    """
+    bins = gallery_labels if gallery_bins is None else gallery_bins
+    table = {float(a): mean_reciprocal_rank(soft_class_rank(similarity, class_proba_of_query, bins, a),
                                             gallery_labels, query_labels) for a in alphas}
     best = max(table.items(), key=lambda kv: (kv[1], -kv[0]))[0]
     return best, table

@@ -1,7 +1,8 @@
 """Training as stages that take and return values; the model is built once, at the end.
 
     check + split  ->  (adaptation)  ->  view features  ->  joint space  ->  prototypes
-                   ->  heads  ->  (metric head)  ->  policy on validation  ->  model  ->  gallery
+                   ->  heads  ->  (metric head)  ->  policy on validation  ->  model
+                   ->  soft-ranking alpha on validation  ->  gallery
 
 ``fit`` trains on all of the given data, holding out a stratified part
 internally for early stopping and the policy choice when no validation data
@@ -226,6 +227,35 @@ def choose_policy(model: EntrepModel, val_feats: ImageFeatures, vy: np.ndarray, 
     return select_policy(cands, parts, vy, structure)
 
 
+# ---- stage 6: soft class-aware ranking ----------------------------------------------------
+
+
+def rank_alpha(model: EntrepModel, train_feats: ImageFeatures, y: np.ndarray, val_feats: ImageFeatures,
+               vy: np.ndarray, stage: Stage) -> dict:
+    """alpha of soft ranking (``cosine + alpha * p_q(class of g)``) per level, by validation MRR.
+
+    Validation images are the queries and training images the gallery, in the model's
+    retrieval space, with the model's (policy's) class probabilities; relevance is the fine
+    class. Returns the model's ``rank_tuning``: chosen alpha and the MRR of every alpha tried.
+    """
+    from entrep.finetune.metric import class_bins, tune_rank_alpha
+
+    stage("retrieval: soft class-aware ranking alpha, validation images against training images")
+    tax = model.taxonomy
+    S = (model.image_query_vectors(val_feats) @ model.retrieval_vectors(train_feats).T) * model.score_scale("image")
+    dec, _ = model.predict_features(val_feats)
+    out: dict = {"alpha": {}, "validation_mrr": {}, "n_queries": int(len(vy)), "n_gallery": int(len(y)),
+                 "space": model.config.retrieval.space}
+    for level in ("fine", "coarse") if tax.hierarchical else ("fine",):
+        P, bin_of_class, _ = class_bins(tax, dec.fine_proba, level)
+        alpha, table = tune_rank_alpha(S, P, y, vy, gallery_bins=bin_of_class[y])
+        out["alpha"][level] = alpha
+        out["validation_mrr"][level] = [[a, round(v, 6)] for a, v in table.items()]
+        log.info("soft ranking (%s): alpha %s, validation MRR %.4f (alpha 0: %.4f)", level, alpha, table[alpha],
+                 table.get(0.0, float("nan")))
+    return out
+
+
 # ---- optional stages: backbone adaptation, metric head ------------------------------
 
 
@@ -296,14 +326,16 @@ def fit(data: Dataset, *, val: Dataset | None = None, config: FitConfig | None =
     proto_fine, proto_group = prototypes(v_joint, u_joint, y, tax, stage)
     baseline, group_head, within = heads(views, val_feats, vy, tax, cfg, stage)
     metric = None
+    train_feats = image_features(extractor, train, flips=False)  # cached: the training views' "orig"
     if cfg.retrieval.space == "metric":
-        metric = metric_head(image_features(extractor, train, flips=False), y, val_feats, vy, tax, cfg, stage)
+        metric = metric_head(train_feats, y, val_feats, vy, tax, cfg, stage)
     parts = ModelParts(proto_fine=proto_fine, baseline=baseline, align=align, proto_group=proto_group,
                        group_head=group_head, within_heads=within, metric_head=metric)
     model = EntrepModel(taxonomy=tax, config=cfg, profile=prof, parts=parts, adapters=adapters, cache=cache,
                         device=device, _extractor=extractor)
     selection = choose_policy(model, val_feats, vy, cfg, stage)
     model.policy = selection.policy
+    model.rank_tuning = rank_alpha(model, train_feats, y, val_feats, vy, stage)
     model.encoders = extractor.describe()
     model.training = {
         "n_train": len(train), "n_val": len(val), "validation": val_source,

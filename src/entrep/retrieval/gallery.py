@@ -86,6 +86,13 @@ def update_gallery(model, hashes: list[str], rows) -> dict:
     """
     from entrep.retrieval.index import GalleryIndex
 
+    if model.gallery is not None and hashes:
+        probe, _ = rows([0])
+        if probe.shape[1] != model.gallery.dim:
+            log.warning("the gallery holds %d-d vectors but the model's retrieval space %r gives %d-d ones (built by "
+                        "an older entrep or for another space): rebuilding it", model.gallery.dim,
+                        model.config.retrieval.space, probe.shape[1])
+            model.gallery = None
     if model.gallery is not None:
         old = model.gallery
         old_hash = {m.content_hash: m.id for m in old.items}
