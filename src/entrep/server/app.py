@@ -247,6 +247,7 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
                 res = search_image(model, image, k=k, filter=flt, hide_names=state.hide_names)
         return {"query": {"kind": "image", **({} if state.hide_names or not file.filename else {"image": file.filename})},
                 "prediction": state.prediction(res["prediction"]), "filter": res.get("filter", flt),
+                "ranking": res.get("ranking"), **({"alpha": res["alpha"]} if "alpha" in res else {}),
                 "results": [state.hit(h) for h in res["results"]]}
 
     @app.get("/api/gallery/{item_id}/thumb", summary="Thumbnail of a gallery image, by gallery id",

@@ -148,6 +148,8 @@ class ServerState:
         """A search result with its thumbnail URL; ids, labels, scores, captions only when names are hidden."""
         out = {"id": int(h["id"]), "score": float(h["score"]), "label": h.get("label"), "group": h.get("group"),
                "caption": h.get("caption"), "thumb": f"/api/gallery/{int(h['id'])}/thumb"}
+        if "rank_score" in h:  # image search: what ordered the hit (cosine + alpha * class probability when soft)
+            out["rank_score"] = float(h["rank_score"])
         if not self.hide_names:
             out["name"] = h.get("name")
             out["image"] = h.get("image")
