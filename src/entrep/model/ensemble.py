@@ -86,13 +86,14 @@ def ensemble_folds(ds: Dataset, k: int, seed: int = 0) -> np.ndarray:
         raise UserError(f"{where}: {len(missing)} images have no label (first: {missing[0]}); fitting needs labels")
     groups = image_groups(ds)
     labels = np.array([r.label for r in ds.records], dtype=object)
-    for c in ds.taxonomy.classes:
-        n = len(set(groups[labels == c].tolist()))
-        if n < k:
-            raise UserError(f"{where}: class {c!r} has {n} independent image group(s), fewer than the {k} folds of "
-                            f"--ensemble {k}; use --ensemble {max(2, n)} or fewer" if n >= 2 else
-                            f"{where}: class {c!r} has {n} independent image group(s); an ensemble needs at least 2 "
-                            "per class (one to train on, one to validate on): add images or fit a single model")
+    n_groups = {c: len(set(groups[labels == c].tolist())) for c in ds.taxonomy.classes}
+    c = min(n_groups, key=lambda name: n_groups[name])  # the class that limits K (first of equals)
+    n = n_groups[c]
+    if n < k:
+        raise UserError(f"{where}: class {c!r} has {n} independent image group(s), fewer than the {k} folds of "
+                        f"--ensemble {k}; use --ensemble {n} or fewer" if n >= 2 else
+                        f"{where}: class {c!r} has {n} independent image group(s); an ensemble needs at least 2 "
+                        "per class (one to train on, one to validate on): add images or fit a single model")
     y = np.array([ds.taxonomy.class_id(lbl) for lbl in labels])
     folds = np.full(len(y), -1, dtype=np.int64)
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
