@@ -5,12 +5,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 from rich.markup import escape
 
 from entrep.cli.app import app, console, emit_json
+
+#: image-encoder runtimes (entrep.config.RUNTIMES, not imported here to keep start-up light; a test checks they agree)
+Runtime = Literal["auto", "torch", "onnx"]
+RUNTIME_HELP = ("Image-encoder runtime: auto (ONNX Runtime on CPU where the encoder exports, else torch), torch or "
+                "onnx (default: $ENTREP_RUNTIME, else the {what}'s config; see docs/encoders.md).")
 
 
 def _taxonomy(path: Optional[Path | str]):
@@ -51,6 +56,7 @@ def fit_cmd(
     finetune: Optional[str] = typer.Option(None, "--finetune", help="Adapt the image backbone: none (default), lora or partial (see docs/finetune.md)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fine-tuning run from its last checkpoint."),
     ensemble: Optional[int] = typer.Option(None, "--ensemble", min=1, help="Train K models on K group-aware folds and average them at inference (default: the config's ensemble key, 1; see docs/classification.md)."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="training")),
 ) -> None:
     """Train prototypes, heads and the inference policy on DATA and save the model folder."""
     from entrep.config import load_config
@@ -65,6 +71,8 @@ def fit_cmd(
         cfg = cfg.replace(finetune=FinetuneConfig(**{**dataclasses.asdict(cfg.finetune), "method": finetune}))
     if ensemble is not None:
         cfg = cfg.replace(ensemble=ensemble)
+    if runtime is not None:
+        cfg = cfg.replace(runtime=runtime)
     tax = _taxonomy(taxonomy) if taxonomy else config_taxonomy(cfg)
     stages = _Stages()
     ds = _read(data, tax, skip_bad)
@@ -83,11 +91,12 @@ def fit_cmd(
     )
 
 
-def _evaluate(model_path: Path, data: Path, report: Optional[Path], json_out: Optional[Path], skip_bad=False):
+def _evaluate(model_path: Path, data: Path, report: Optional[Path], json_out: Optional[Path], skip_bad=False,
+              runtime: Optional[str] = None):
     from entrep.io import write_json_atomic
     from entrep.model import load_model
 
-    model = load_model(model_path)
+    model = load_model(model_path, runtime=runtime)
     ds = _read(data, model.taxonomy, skip_bad)
     evaluation, artefacts = model.evaluate(ds, stage=_Stages())
     if json_out:
@@ -132,9 +141,10 @@ def evaluate_cmd(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the report (Markdown + self-contained HTML + figures) here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images with a warning."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="model")),
 ) -> None:
     """Score every system (prototype, baseline head, hybrid, chosen policy) and retrieval on DATA."""
-    ev = _evaluate(model, data, report, json_out, skip_bad)
+    ev = _evaluate(model, data, report, json_out, skip_bad, runtime=runtime)
     _print_summary(ev)
     if report:
         console.print(f"report: {escape(str(report / 'report.html'))}")
@@ -145,6 +155,7 @@ def predict_cmd(
     images: List[Path] = typer.Argument(..., help="Image files."),
     model: Path = typer.Option(..., "--model", help="Model folder from `entrep fit`."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="model")),
 ) -> None:
     """Classify images: label, group, confidence and which part decided."""
     from entrep.data.images import load_rgb
@@ -152,7 +163,7 @@ def predict_cmd(
 
     for p in images:  # fail early, with the file name, before any model work
         load_rgb(p)
-    preds = load_model(model).predict(list(images))
+    preds = load_model(model, runtime=runtime).predict(list(images))
     if as_json:
         emit_json([{k: v for k, v in p.items() if k != "probabilities"} for p in preds])
         return
