@@ -23,8 +23,8 @@ Index kinds (``kind=``):
   10k rows, so every code word gets >= 39 training points), ``nlist`` as for
   IVF, trained on a seeded sample of at most 64 points per list. A search
   fetches the top ``R = max(rerank_factor * k, rerank_min)`` candidates
-  (10k and 100 to start; raised with nprobe until the build-time recall@10
-  reaches ``target_recall``) and re-ranks them exactly against the float
+  (50k and 500 to start, :data:`RERANK_FACTOR`, :data:`RERANK_MIN`; raised
+  with nprobe until the build-time recall@10 reaches ``target_recall``) and re-ranks them exactly against the float
   vectors, which live once, in a memory-mapped ``vectors.npy`` (np.load
   mmap_mode="r"), not in the FAISS index. Scores are therefore exact cosines.
 - ``"auto"``: flat below ``auto_threshold`` (:data:`AUTO_THRESHOLD`, 100,000)
@@ -67,9 +67,12 @@ AUTO_THRESHOLD = 100_000
 AUTO_APPROX_KIND = "ivf"
 AUTO_PQ_THRESHOLD = 2_000_000  # "auto" builds IVF-PQ from this many rows (IVF-Flat below)
 PQ_TRAIN_PER_LIST = 64  # IVF-PQ trains on a seeded sample of at most this many points per list
-RERANK_FACTOR = 10  # IVF-PQ re-ranks the top max(RERANK_FACTOR * k, RERANK_MIN) PQ candidates exactly
-RERANK_MIN = 100
-RERANK_MAX = 4096  # widening stops raising the candidate count here
+# IVF-PQ re-ranks the top R = max(RERANK_FACTOR * k, RERANK_MIN) PQ candidates exactly. PQ ranking, not
+# nprobe, is what limits recall (docs/scale.md: at 100k x 512, R = 100 gave recall@10 0.90 under a 1/7 filter,
+# 200 gave 0.966, 400 gave 0.995; doubling nprobe changed nothing), and a denser 1M gallery needs a margin.
+RERANK_FACTOR = 50
+RERANK_MIN = 500
+RERANK_MAX = 8192  # widening stops raising the candidate count here
 EXACT_SCAN_ROWS = 10_000  # IVF-PQ: filters allowing at most this many rows scan their float vectors exactly
 IVF_MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below 39 training points per centroid
 EXACT_FILTER_FRACTION = 0.3  # approximate indexes answer filters allowing <= this share of rows by exact scan

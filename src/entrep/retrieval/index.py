@@ -130,6 +130,14 @@ class GalleryIndex:
                                     quiet=quiet)
 
     @property
+    def vector_storage(self) -> str:
+        """Where the float vectors live: "faiss" (flat, HNSW, IVF), "memory-mapped" (a loaded IVF-PQ gallery's
+        vectors.npy) or "memory" (IVF-PQ built or changed since loading)."""
+        if self._kind != "ivfpq" or self._faiss is None:
+            return "faiss"
+        return "memory-mapped" if isinstance(self._vecs, np.memmap) else "memory"
+
+    @property
     def approximation(self) -> dict | None:
         """The build report as a dict (what ``evaluate --json`` and ``/healthz`` carry); None for an exact index."""
         return self.build_report.to_dict() if self.build_report is not None and self._kind != "flat" else None
