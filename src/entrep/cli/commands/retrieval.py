@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from entrep.cli.app import app, console, emit_json
+from entrep.cli.commands.model import RUNTIME_HELP, Runtime
 from entrep.errors import UserError
 
 
@@ -19,6 +20,7 @@ def index_cmd(
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Index from `entrep embed --out DIR` shards instead of images (encoders must match the model's)."),
     engine: str = typer.Option("local", "--engine", help="local or ray: how --gallery images are embedded."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: start Ray here)."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="model")),
 ) -> None:
     """(Re)build the model's search index over a gallery; unchanged images are not re-embedded."""
     import entrep
@@ -26,7 +28,7 @@ def index_cmd(
 
     if (gallery is None) == (embeddings is None):
         raise UserError("give exactly one of --gallery (images) or --embeddings (shards from `entrep embed`)")
-    m = entrep.load(model)
+    m = entrep.load(model, runtime=runtime)
     stats = index_model(m, gallery=gallery, embeddings=embeddings, engine=engine, ray_address=ray_address,
                         rebuild=rebuild)
     m.save(model)
@@ -45,6 +47,7 @@ def search_cmd(
     filter: Optional[str] = typer.Option(None, "--filter", help="image: fine (default), coarse, none or a class; text: none (default), auto (class named in the text) or a class."),
     hide_names: bool = typer.Option(False, "--hide-names", help="Omit gallery file paths (raw hospital names can carry patient ids)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: a list of {image, score, label}, best first."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="model")),
 ) -> None:
     """Search the model's gallery by text or by image."""
     from entrep.model import load_model
@@ -52,7 +55,7 @@ def search_cmd(
 
     if (text is None) == (image is None):
         raise UserError("give exactly one of --text or --image")
-    m = load_model(model)
+    m = load_model(model, runtime=runtime)
     if text is not None:
         res = search_text(m, text, k=k, filter=filter or "none", hide_names=hide_names)
     else:
@@ -85,6 +88,7 @@ def submit_cmd(
     images: Path = typer.Option(..., "--images", help="Folder with the test images (queries and gallery)."),
     out: Path = typer.Option(..., "--out", help="Zip file to write."),
     filter: Optional[str] = typer.Option(None, "--filter", help="Track 2 candidate filter: fine (default), coarse or none."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="model")),
 ) -> None:
     """Write an ENTRep challenge submission: one JSON at the root of a zip, every query answered."""
     from entrep.model import load_model
@@ -92,7 +96,7 @@ def submit_cmd(
 
     if track not in (1, 2, 3):
         raise UserError(f"--track must be 1, 2 or 3, got {track}")
-    m = load_model(model)
+    m = load_model(model, runtime=runtime)
     summary = make_submission(m, track, queries, images, out, filter=filter)
     console.print(f"wrote {out}: track {track}, {summary['n_queries']} queries answered"
                   + (f", gallery of {summary['gallery']} images" if summary.get("gallery") else ""))

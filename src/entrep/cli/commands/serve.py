@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from entrep.cli.app import app, console
+from entrep.cli.commands.model import RUNTIME_HELP, Runtime
 from entrep.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def serve_cmd(
     max_concurrent: int = typer.Option(2, "--max-concurrent", min=1, help="Requests decoding or running the model "
                                                                           "at once (bounds memory); others queue, "
                                                                           "then get 503."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="model")),
 ) -> None:
     """Serve the search page and HTTP API (http://HOST:PORT/, API reference at /docs)."""
     import uvicorn
@@ -58,7 +60,9 @@ def serve_cmd(
     console.print(f"loading model {model} ...", highlight=False)
     if report is not None and not (report / "report.html").is_file():
         raise UserError(f"{report}: no report.html in this folder; give the folder `entrep evaluate --report` wrote")
-    web = create_app(model, hide_names=hide_names, max_upload_bytes=int(max_upload_mb * 1024 * 1024), report_dir=report,
+    import entrep
+
+    web = create_app(entrep.load(model, runtime=runtime), hide_names=hide_names, max_upload_bytes=int(max_upload_mb * 1024 * 1024), report_dir=report,
                      host=host, allow_hosts=tuple(allow_host), max_concurrent=max_concurrent,
                      warmup=True)
     state = web.state.entrep
