@@ -335,7 +335,7 @@ def test_text_search_class_group_and_auto_filters(client, model):
     assert {h["label"] for h in _check_results(res, 50, ids)} == {"ear-left"}
 
 
-def test_image_search_restricts_to_predicted_class_by_default(client, model, sample):
+def test_image_search_is_class_aware_by_default(client, model, sample):
     name, data, _ = sample
     r = client.post("/api/search", files=upload(name, data), data={"k": "3"})
     assert r.status_code == 200, r.text
@@ -344,10 +344,22 @@ def test_image_search_restricts_to_predicted_class_by_default(client, model, sam
     assert pred["label"] in ENT.classes and pred["source"] in ("prototype", "head")
     assert pred["group"] == ENT.group_of(pred["label"])
     assert res["filter"] == model.config.retrieval.filter
+    assert res["ranking"] == model.config.retrieval.ranking
     results = _check_results(res, 3, set(model.gallery.ids.tolist()))
     assert len(results) == 3
-    if res["filter"] == "fine":
+    ranked = [h["rank_score"] for h in results]
+    assert ranked == sorted(ranked, reverse=True)
+    if res["ranking"] == "soft":  # cosine + alpha * p(class of the hit)
+        assert res["alpha"] == model.rank_alpha(res["filter"])
+        assert all(h["rank_score"] >= h["score"] - 1e-6 for h in results)
+    elif res["filter"] == "fine":
         assert {h["label"] for h in results} == {pred["label"]}
+
+
+def test_image_search_with_a_named_class_stays_a_hard_filter(client, sample):
+    name, data, _ = sample
+    res = client.post("/api/search", files=upload(name, data), data={"k": "50", "filter": "ear-left"}).json()
+    assert res["ranking"] == "hard" and {h["label"] for h in res["results"]} == {"ear-left"}
 
 
 def test_uploaded_gallery_image_is_not_its_own_neighbour(client, model, sample):
@@ -367,7 +379,11 @@ def test_image_search_k_and_filter_as_query_parameters(client, sample):
     res = r.json()
     group = ENT.group_of(res["prediction"]["label"])
     assert len(res["results"]) == min(6, len(res["results"])) and res["filter"] == "coarse"
-    assert {ENT.group_of(h["label"]) for h in res["results"]} == {group}
+    if res["ranking"] == "hard":
+        assert {ENT.group_of(h["label"]) for h in res["results"]} == {group}
+    else:  # soft: ranked by cosine + alpha * p(group of the hit)
+        ranked = [h["rank_score"] for h in res["results"]]
+        assert ranked == sorted(ranked, reverse=True)
 
 
 @pytest.mark.parametrize("k", ["0", "-1", "1000", "abc"])
