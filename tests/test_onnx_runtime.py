@@ -185,3 +185,48 @@ def test_extractor_falls_back_for_an_adapted_encoder_that_cannot_export(tmp_path
     got = ex.images("clip", files)
     np.testing.assert_allclose(got, NoExportEncoder(seed=5, name="adapted").encode(
         [Image.open(p).convert("RGB") for p in files]), atol=1e-6)
+
+
+def test_embed_workers_build_their_extractor_on_the_spec_runtime(tmp_path):
+    from entrep.distribute import EmbedSpec
+
+    assert EmbedSpec(cache=str(tmp_path)).build_extractor().runtime == "auto"
+    assert EmbedSpec(cache=str(tmp_path), runtime="torch").build_extractor().runtime == "torch"
+    with pytest.raises(UserError, match="unknown runtime"):
+        EmbedSpec(cache=str(tmp_path), runtime="tensorrt").build_extractor()
+
+
+def test_cli_runtime_option_reaches_load_and_is_checked(tmp_path, monkeypatch):
+    import typing
+
+    from typer.testing import CliRunner
+
+    import entrep.model
+    from entrep.cli import app
+    from entrep.cli.commands.model import Runtime
+    from entrep.config import RUNTIMES
+
+    assert typing.get_args(Runtime) == RUNTIMES  # the CLI's choices are the library's
+    image = tmp_path / "a.png"
+    _frames(1, size=(64, 48))[0].save(image)
+    asked = []
+
+    class FakeModel:
+        def predict(self, images):
+            return []
+
+    def fake_load(path, **kw):
+        asked.append(kw.get("runtime"))
+        return FakeModel()
+
+    monkeypatch.setattr(entrep.model, "load_model", fake_load)
+    runner = CliRunner()
+    monkeypatch.delenv("ENTREP_RUNTIME", raising=False)
+    for args, env, want in ((["--runtime", "torch"], None, "torch"), ([], None, None), ([], "onnx", "onnx"),
+                            (["--runtime", "auto"], "onnx", "auto")):
+        res = runner.invoke(app, ["predict", str(image), "--model", str(tmp_path), "--json", *args],
+                            env={"ENTREP_RUNTIME": env} if env else None)
+        assert res.exit_code == 0, res.output
+        assert asked[-1] == want
+    res = runner.invoke(app, ["predict", str(image), "--model", str(tmp_path), "--runtime", "tensorrt"])
+    assert res.exit_code == 2 and "tensorrt" in res.output

@@ -31,6 +31,8 @@ class EmbedSpec:
 
     ``profile`` is a profile name, file or :class:`~entrep.encoders.profiles.Profile`;
     ``model`` (a model folder) wins over it and brings the model's adapted encoders.
+    ``runtime`` (auto, torch, onnx) is the image encoders' runtime in every worker, so local
+    and Ray workers run the same one; None: the model's config, or auto for a profile.
     """
 
     profile: Any = "offline"
@@ -41,18 +43,19 @@ class EmbedSpec:
     view: str = "orig"
     flips: bool = False
     texts: bool = True
+    runtime: str | None = None
 
     def build_extractor(self):
         """The Extractor this spec names (loads the model when ``model`` is set)."""
         if self.model is not None:
             import entrep
 
-            return entrep.load(self.model, cache=self.cache, device=self.device).extractor
+            return entrep.load(self.model, cache=self.cache, device=self.device, runtime=self.runtime).extractor
         from entrep.encoders.profiles import get_profile
         from entrep.features import Extractor
 
         return Extractor(get_profile(self.profile), cache_root=self.cache, device=self.device,
-                         batch_size=self.batch_size)
+                         batch_size=self.batch_size, runtime=self.runtime or "auto")
 
 
 def embed_batch(extractor, batch: dict[str, np.ndarray], *, view: str = "orig", flips: bool = False,
