@@ -291,24 +291,22 @@ def rerank(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, cand: np.ndarray
            k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine re-ranking of candidate ids ``cand`` (Q, R; -1 = none) against ``vectors`` (row order of ``ids``).
 
-    Returns the top ``k`` (scores, ids), -1 ids padding short lists. Candidate
-    rows are read from ``vectors`` in increasing order (kind to a memory map).
+    Returns the top ``k`` (scores, ids), -1 ids padding short lists. One query
+    at a time, its candidate rows read in increasing order (kind to a memory
+    map), so memory stays at R vectors whatever the batch size.
     """
-    n_q, r = cand.shape
-    valid = cand >= 0
-    rows = np.searchsorted(ids, np.where(valid, cand, 0))
-    uniq, inv = np.unique(rows[valid], return_inverse=True)
-    vecs = np.asarray(vectors[uniq], dtype=np.float32)  # one sorted gather
-    sims = np.full((n_q, r), -np.inf, dtype=np.float32)
-    qi = np.nonzero(valid)[0]
-    sims[valid] = np.einsum("ij,ij->i", vecs[inv], q[qi])
-    kk = min(k, r)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
-    scores = np.take_along_axis(sims, order, axis=1)
-    found = np.where(np.isfinite(scores), np.take_along_axis(cand, order, axis=1), -1)
-    if kk < k:
-        scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-        found = np.pad(found, ((0, 0), (0, k - kk)), constant_values=-1)
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    found = np.full((len(q), k), -1, dtype=np.int64)
+    for j in range(len(q)):
+        c = cand[j][cand[j] >= 0]
+        if not len(c):
+            continue
+        rows = np.searchsorted(ids, c)
+        order = np.argsort(rows, kind="stable")
+        sims = np.empty(len(c), dtype=np.float32)
+        sims[order] = np.asarray(vectors[rows[order]], dtype=np.float32) @ q[j]
+        top = np.argsort(-sims, kind="stable")[:k]
+        scores[j, : len(top)], found[j, : len(top)] = sims[top], c[top]
     return scores, found
 
 

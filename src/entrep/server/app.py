@@ -3,7 +3,7 @@
 Routes (OpenAPI schema at /openapi.json, readable reference at /docs):
 
 - ``GET /``: the search page (static HTML/JS/CSS, nothing loaded from outside).
-- ``GET /healthz``: model loaded, gallery size, taxonomy classes.
+- ``GET /healthz``: model loaded, gallery size, kind and build-time recall@10, taxonomy classes.
 - ``GET /api/classes``: classes and groups, for the filter dropdown.
 - ``POST /api/classify``: upload an image -> label, group, side/state, confidence,
   which part decided (prototype or head), per-class probabilities.
@@ -174,7 +174,8 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
         tax = state.taxonomy
         out = {"status": "ok", "model_loaded": True, "taxonomy": tax.name, "classes": list(tax.classes),
                "groups": list(tax.group_names) if tax.groups else [], "hierarchical": tax.hierarchical,
-               "gallery_size": state.gallery_size, "report": state.has_report, "hide_names": state.hide_names,
+               "gallery_size": state.gallery_size, "gallery": state.gallery_info,
+               "report": state.has_report, "hide_names": state.hide_names,
                "max_upload_bytes": state.max_upload_bytes, "max_k": K_MAX,
                "profile": getattr(model.profile, "name", None)}
         if not state.hide_names and model.path is not None:

@@ -86,6 +86,17 @@ class ServerState:
         return 0 if g is None else len(g)
 
     @property
+    def gallery_info(self) -> dict | None:
+        """What /healthz says about the gallery: kind, size, where its vectors live, and the build-time recall@10
+        against exact search of an approximate index (None for an exact one); None without a gallery."""
+        g = self.model.gallery
+        if g is None:
+            return None
+        approx = getattr(g, "approximation", None)
+        return {"size": len(g), "kind": g.kind, "vector_storage": getattr(g, "vector_storage", None),
+                "recall_at_10": None if not approx else approx.get("recall_at_10"), "approximation": approx}
+
+    @property
     def has_report(self) -> bool:
         return self.report_file is not None and self.report_file.is_file()
 
