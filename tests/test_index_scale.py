@@ -72,7 +72,11 @@ def test_ivfpq_holds_only_codes_and_reranks_to_exact_scores(pq):
         assert [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
     r = g.build_report
     assert r.kind == "ivfpq" and r.recall_at_10 >= 0.95 and g.approximation["recall_at_10"] == r.recall_at_10
-    assert "recall@10 vs exact" in str(r)
+    assert "recall@10 vs exact" in str(r) and "under the wide filter" in str(r)
+    f = r.filtered  # recall under class filters of about 1/7 and 4/7 of the gallery, re-ranking included
+    assert set(f) == {"narrow", "wide"} and len(f["narrow"]["labels"]) == 1 and len(f["wide"]["labels"]) >= 3
+    assert f["narrow"]["fraction"] < 0.3 and 0.4 < f["wide"]["fraction"] < 0.75
+    assert all(v["recall_at_10"] >= 0.95 for v in f.values())
 
 
 @pytest.mark.parametrize("exact_scan_rows", [0, 10_000])  # 0: the PQ path with an IDSelector; else an exact scan

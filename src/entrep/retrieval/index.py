@@ -19,6 +19,7 @@ See docs/scale.md for galleries of millions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -306,11 +307,35 @@ class GalleryIndex:
                and report.recall_at_10 < self.target_recall
                and backend.widen(self._faiss, self._kind, self._params, len(self), self.target_recall)):
             report = self.measure_approximation(build_s=build_s, _truth=truth)
-        self.build_report = report
+        self.build_report = report = dataclasses.replace(report, filtered=self._filtered_recall(truth[0]))
         log.info("built %s index over %d rows (%s) in %.1fs: recall@10 vs exact %s, %.2f ms/query (exact %.2f)",
                  kind, len(self), self._params, build_s,
                  "n/a" if report.recall_at_10 is None else f"{report.recall_at_10:.3f}",
                  report.approx_ms_per_query, report.exact_ms_per_query)
+
+    def _filtered_recall(self, rows: np.ndarray, k: int = 10) -> dict | None:
+        """Recall@k under the build report's two class filters (approx.label_filters), searched as filtered
+        queries are (the same exact-scan rule and widening); None when the gallery has fewer than two labels."""
+        chosen = approx.label_filters(self._store.codes, self._store.labels)
+        if not chosen or not len(rows):
+            return None
+        vecs, ids = self._rows(), self._store.ids
+        q = np.ascontiguousarray(vecs[rows])
+        out = {}
+        for name, (labels, mask) in chosen.items():
+            frac = float(mask.mean())
+            truth = approx.ground_truth(vecs, ids, rows, k, allowed=mask)
+            with backend.faiss_threads(1):
+                _, found = self._faiss_search(q, min(k + 1, len(self)), mask, exact=self._exact_for(mask, frac),
+                                              frac=frac)
+            recall = approx.recall_of(found, ids[rows], truth, k)
+            out[name] = {"labels": labels, "fraction": round(frac, 4),
+                         "recall_at_10": None if recall is None else round(recall, 4)}
+        return out
+
+    def _exact_for(self, mask: np.ndarray | None, frac: float) -> bool:
+        """Whether a search under ``mask`` (allowing ``frac`` of the rows) scans exactly (see backend docs)."""
+        return self._kind == "flat" or (mask is not None and frac <= EXACT_FILTER_FRACTION)
 
     def _ground_truth(self, n_queries: int | None = None, k: int = 10) -> tuple[np.ndarray, list[set[int]]]:
         rows = approx.sample_rows(len(self), self.report_queries if n_queries is None else n_queries, self.seed)
@@ -384,7 +409,7 @@ class GalleryIndex:
         if n_allowed == 0:
             return [[] for _ in q]
         frac = n_allowed / n
-        exact = self._kind == "flat" or (mask is not None and frac <= EXACT_FILTER_FRACTION)
+        exact = self._exact_for(mask, frac)
         k_fetch = min(k + max(len(e) for e in excl), n_allowed)
         scores, labels = self._faiss_search(q, k_fetch, mask, exact=exact, frac=frac)
         results = []
