@@ -94,6 +94,19 @@ def test_tiny_open_clip_folder_towers(tmp_path):
                                                                    device="cpu").fingerprint
 
 
+def test_tiny_dinov2_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+    from test_dinov2 import SIZE, TINY, _tiny
+
+    save_file({k: v.contiguous() for k, v in _tiny().state_dict().items()}, str(tmp_path / "model.safetensors"))
+    for pooling in ("grid2", "cls"):
+        kw = dict(weights=f"local-dir:{tmp_path}", pooling=pooling, device="cpu", image_size=SIZE, model_kwargs=TINY)
+        enc = build_image_encoder("vit_small_patch14_reg4_dinov2.lvd142m", **kw)
+        info = describe_encoder("image", "vit_small_patch14_reg4_dinov2.lvd142m", **kw)
+        assert (info.name, info.dim, info.fingerprint) == (enc.config.name, enc.config.dim, enc.fingerprint)
+    assert describe_encoder("image", "dinov2-vits14-reg4", return_layers=[-1], **{k: v for k, v in kw.items()}) is None
+
+
 def test_adapted_encoder_fingerprint_without_building_its_base(tmp_path, monkeypatch):
     from entrep.finetune.encoder import AdaptedEncoder, build_structure, load_adapted
     from entrep.model.bundle import _deferred_adapter

@@ -38,7 +38,7 @@ import torch
 from entrep.encoders.base import ImageEncoder
 from entrep.encoders.config import ImageEncoderConfig, options_tuple
 from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
-from entrep.encoders.registry import register_image_encoder
+from entrep.encoders.registry import IMAGE, register_image_encoder
 from entrep.encoders.resolver import (
     choose_source,
     file_digest,
@@ -339,3 +339,35 @@ def _register(name: str, arch: str) -> None:
 
 for _name, (_arch, _w) in VARIANTS.items():
     _register(_name, _arch)
+
+
+def describe_dinov2(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
+                    return_layers=None, model_kwargs: dict | None = None, **rest):
+    """(config, weights digest, precision, kind) of a DINOv2 encoder without importing timm or building it.
+
+    The width is the variant's (or ``model_kwargs["embed_dim"]``, timm's ``num_features`` for a ViT);
+    ``return_layers`` needs the built model's block count (returns None: the caller builds).
+    """
+    from entrep.encoders.base import resolve_device, resolve_precision
+
+    if rest:
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
+    if return_layers:
+        return None
+    arch, width = VARIANTS[name]
+    if int(image_size) % 14:
+        raise UserError(f"{name}: image_size {image_size} must be a multiple of the 14-pixel patch (e.g. 224, 518)")
+    pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
+    path, source = _weights_file(name, arch, weights)
+    kwargs = dict(model_kwargs or {})
+    width = int(kwargs.get("embed_dim", width))
+    config = ImageEncoderConfig(
+        name=name, dim=pooled_dim(pooling, width), image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, weights=source, pooling=pooling, width=width, interpolation="bicubic",
+        licence="Apache-2.0 (DINOv2); check the licence of domain checkpoints such as SurgeNet",
+        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(kwargs.items())) or None}))
+    return config, file_digest(path), resolve_precision(precision, resolve_device(device)), DinoV2Encoder.__name__
+
+
+for _name in VARIANTS:
+    IMAGE.describer(_name)(describe_dinov2)
