@@ -128,6 +128,36 @@ def test_adapted_encoder_fingerprint_without_building_its_base(tmp_path, monkeyp
     assert deferred.get().fingerprint == adapted.fingerprint and built == ["head_image"]
 
 
+def test_feature_cache_builds_only_on_a_miss(tmp_path):
+    from PIL import Image
+    from test_features import TinyImageEncoder, TinyTextEncoder
+
+    from entrep.encoders.config import EncoderInfo
+    from entrep.features import CacheError, FeatureCache
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"im{i}.png")
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(paths[-1])
+    enc, txt = TinyImageEncoder(), TinyTextEncoder()
+    info = EncoderInfo(enc.config.name, enc.config.dim, enc.fingerprint)
+    tinfo = EncoderInfo(txt.config.name, txt.config.dim, txt.fingerprint)
+    builds = []
+    cache = FeatureCache(tmp_path / "c")
+    first = cache.image_features(info, paths[:2], build=lambda: builds.append("img") or enc)
+    cache.text_features(tinfo, ["a spur"], build=lambda: builds.append("txt") or txt)
+    assert builds == ["img", "txt"]
+    again = FeatureCache(tmp_path / "c").image_features(info, paths[:2], build=lambda: builds.append("img") or enc)
+    FeatureCache(tmp_path / "c").text_features(tinfo, ["a spur"], build=lambda: builds.append("txt") or txt)
+    assert builds == ["img", "txt"]  # every row cached: nothing built
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(again, cache.image_features(enc, paths[:2]))  # same rows as a built encoder's
+    other = TinyImageEncoder(seed=3)  # a build that does not give the looked-up fingerprint is refused
+    with pytest.raises(CacheError, match="fingerprint"):
+        cache.image_features(info, paths, build=lambda: other)
+
+
 def _counting(monkeypatch) -> list[str]:
     built: list[str] = []
     real_build = Profile.build
