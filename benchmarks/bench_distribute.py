@@ -1,6 +1,6 @@
 """Embedding throughput: the local engine vs the Ray engine on the same machine.
 
-    python benchmarks/bench_distribute.py [--n 2000] [--workers 2] [--shard-rows 256] [--json OUT]
+    python benchmarks/bench_distribute.py --n 2000 --workers 2 --shard-rows 256 --json OUT
 
 Generates ``n`` synthetic images (``entrep.data.synthetic.generate``), then embeds
 them into shards twice with the offline profile, each run with a fresh feature
@@ -8,9 +8,11 @@ cache of its own (nothing is reused between runs): once with the local engine
 (one process, torch using every core), once with the Ray engine (``workers``
 actors, one CPU each, Ray started here with ``num_cpus=workers``). Reports
 seconds, images per second, Ray's start-up seconds and Ray's overhead against
-local with and without start-up. Synthetic images are far easier than real
-endoscopy for a classifier, but throughput does not depend on that.
-Prints one JSON object (and writes it to ``--json``). Not run by CI.
+local with and without start-up, and the load average before and after (the
+comparison only means something on an otherwise idle machine). Synthetic
+images are far easier than real endoscopy for a classifier, but throughput
+does not depend on that. Prints one JSON object (and writes it atomically to
+``--json``). Not run by CI; ``--n 100`` checks that it works in a few minutes.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def main() -> None:
         generate(t / "data", n=a.n, seed=0)
         ds = read_dataset(t / "data")
         n = len(ds.records)
-        res: dict = {"n_images": n, "workers": a.workers, "shard_rows": a.shard_rows, "cpus": os.cpu_count()}
+        res: dict = {"n_images": n, "workers": a.workers, "shard_rows": a.shard_rows, "batch_size": a.batch_size,
+                     "cpus": os.cpu_count(), "loadavg_at_start": [round(v, 2) for v in os.getloadavg()]}
 
         t0 = time.perf_counter()
         embed_to_shards(ds, t / "local", EmbedSpec(cache=str(t / "cache-local"), batch_size=a.batch_size),
@@ -59,13 +62,17 @@ def main() -> None:
         res["ray_s"] = round(time.perf_counter() - t0, 2)
         ray.shutdown()
 
+    res["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     res["local_images_per_s"] = round(n / res["local_s"], 1)
     res["ray_images_per_s"] = round(n / res["ray_s"], 1)
     res["ray_overhead_pct"] = round(100 * (res["ray_s"] / res["local_s"] - 1), 1)
     res["ray_overhead_with_start_pct"] = round(100 * ((res["ray_s"] + res["ray_start_s"]) / res["local_s"] - 1), 1)
     print(json.dumps(res, indent=2))
     if a.json:
-        a.json.write_text(json.dumps(res, indent=2) + "\n")
+        from entrep.io import atomic_path
+
+        with atomic_path(a.json) as tmp:
+            tmp.write_text(json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":
