@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,14 @@ def test_model_search_ranks_softly_and_named_classes_stay_hard(tiny_model_dir, t
     r = [h["rank_score"] for h in soft["results"]]
     assert r == sorted(r, reverse=True) and query.name not in [h["name"] for h in soft["results"]]
     assert len({h["label"] for h in soft["results"]}) > 1  # every class is ranked, not only the predicted one
+    # the wiring: the model's query vector, its class probabilities and alpha, brute force over the gallery
+    feats = m.image_features([query])
+    proba = m.predict_features(feats)[0].fine_proba
+    bins = np.array([m.taxonomy.class_id(it.label) for it in m.gallery.items])
+    brute = soft_class_rank(m.image_query_vectors(feats) @ m.gallery.vectors.T, proba, bins, m.rank_alpha("fine"))[0]
+    brute[[Path(it.path).name == query.name for it in m.gallery.items]] = -np.inf
+    top = [int(m.gallery.ids[j]) for j in np.argsort(-brute, kind="stable")[:10]]
+    assert [h["id"] for h in soft["results"][:10]] == top
     named = m.search_image(query, k=50, filter="ear-left")
     assert named["ranking"] == "hard" and {h["label"] for h in named["results"]} == {"ear-left"}
 

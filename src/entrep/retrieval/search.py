@@ -357,7 +357,8 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
     Candidate labels are the data's own (a labelled gallery); the query's class
     probabilities are the model's (``dec``). ``i2i`` is reported under the model's
     rule (filter + ranking); ``i2i_by_filter`` under each hard filter fine / coarse /
-    none; ``i2i_by_ranking`` compares hard and soft ranking for fine and coarse
+    none; ``i2i_by_ranking`` (and, for the configured level, ``i2i_hard`` / ``i2i_soft``,
+    rows of the report's retrieval table) compares hard and soft ranking for fine and coarse
     (soft: full ranking by cosine + alpha * p_q(class or group of g), the rule that
     :func:`soft_class_search` reproduces exactly).
     """
@@ -417,6 +418,8 @@ def evaluate_retrieval(model, data, feats, dec) -> dict:
                     "i2i_by_ranking": {"hard": {f: by_filter[f] for f in SOFT_FILTERS}, "soft": soft,
                                        "alpha": alphas},
                     "space": model.config.retrieval.space}
+    if flt in SOFT_FILTERS:  # flat rows the report's retrieval table shows beside i2i
+        result["i2i_hard"], result["i2i_soft"] = by_filter[flt], soft[flt]
     queries = [(t, nm) for t, nm in data.text_queries if nm in name_set]
     source = "t2i captions"
     if not queries:
