@@ -198,3 +198,23 @@ def test_missing_or_corrupt_store_files_say_rebuild(tmp_path):
     np.save(folder / "rows.npy", np.zeros((3, 2), dtype=np.int64))
     with pytest.raises(ModelError, match="rows.npy.*do not match"):
         GalleryIndex.load(folder)
+
+
+def test_server_state_reports_the_gallery_kind_and_recall(pq):
+    from types import SimpleNamespace
+
+    from entrep.server.state import ServerState
+
+    g = pq[0]
+    model = SimpleNamespace(gallery=g, path=None)
+    state = ServerState(model, hide_names=True, max_upload_bytes=1024, max_pixels=10_000, report_dir=None)
+    info = state.gallery_info
+    assert info["size"] == len(g) and info["kind"] == "ivfpq" and info["vector_storage"] == "memory"
+    assert info["recall_at_10"] == g.build_report.recall_at_10 and info["approximation"]["filtered"]["wide"]
+    x, c = clustered(50, seed=9)
+    flat = GalleryIndex(D)
+    flat.add(x, meta(c))
+    model.gallery = flat
+    assert state.gallery_info["kind"] == "flat" and state.gallery_info["recall_at_10"] is None
+    model.gallery = None
+    assert state.gallery_info is None
