@@ -201,6 +201,18 @@ def bench_image(label: str, enc, runtime: str, files: list[Path], batch: int, re
     return row
 
 
+def bench_text(enc, n: int, batch: int, reps: int, peak: float) -> dict:
+    """MiniLM on short captions (torch): texts/s and its share of the matmul rate."""
+    base = ["a spur on the septum", "edema and erythema of the arytenoid cartilages", "the tympanic membrane is intact",
+            "the cone of light is visualized", "posterior commissure hypertrophy"]
+    texts = [base[i % len(base)] + f" ({i})" for i in range(n)]
+    flops = flops_of(lambda: enc.encode(texts[:1]))
+    t = timed(lambda: enc.encode(texts, batch_size=batch), reps) / n
+    return {"encoder": enc.config.name, "runtime": "torch", "unit": "text", "dim": enc.config.dim,
+            "gflop_per_text": round(flops / 1e9, 4), "texts_per_s": round(1 / t, 1),
+            "gflop_per_s": round(flops / 1e9 / t, 1), "share_of_matmul_peak": round(flops / 1e9 / t / peak, 3)}
+
+
 def coldstart(n_images: int) -> dict:
     """The cold-start figures of benchmarks/bench_coldstart.py (its measure(workdir, n_images))."""
     path = HERE / "bench_coldstart.py"
@@ -223,7 +235,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--encoders", default="lite0,lite1,lite2", help="EfficientNet-Lite variants (comma-separated)")
     ap.add_argument("--runtimes", default="torch,onnx")
-    ap.add_argument("--skip-vit", action="store_true", help="only the EfficientNet-Lite rows")
+    ap.add_argument("--skip-vit", action="store_true", help="only the EfficientNet-Lite rows (and MiniLM)")
+    ap.add_argument("--skip-text", action="store_true", help="no MiniLM row")
     ap.add_argument("--vit-onnx", action="store_true", help="also run the ViTs on ONNX Runtime (slow export)")
     ap.add_argument("--coldstart", action="store_true", help="add the cold-start section (bench_coldstart.measure)")
     ap.add_argument("--coldstart-images", type=int, default=200)
@@ -252,6 +265,12 @@ def main() -> None:
                 for rt in (runtimes if args.vit_onnx else ["torch"]):
                     rows.append(bench_image(label, vit_encoder(arch, "cpu"), rt, files, args.batch_size, args.reps,
                                             peak, bw, work))
+        text = None
+        if not args.skip_text:
+            from entrep.encoders import build_text_encoder
+
+            text = bench_text(build_text_encoder("minilm-l6", device="cpu"), 4 * args.images, 4 * args.batch_size,
+                              args.reps, peak)
         gpu = None
         if torch.cuda.is_available():
             gpu_peak = matmul_gflops(sizes=(4096, 8192), device="cuda", dtype=torch.bfloat16)
@@ -290,6 +309,9 @@ def main() -> None:
               f"{r['gflop_per_image']} | {r['mb_per_image']} | {r['images_per_s']} | {r['end_to_end_per_s']} | "
               f"{r['encode_files_per_s']} | {r['gflop_per_s']} | {r['share_of_matmul_peak']:.0%} | "
               f"{r['share_of_mem_bandwidth']:.0%} |")
+    if text:
+        print(f"\n{text['encoder']} (torch, ~12-token captions): {text['texts_per_s']} texts/s, "
+              f"{text['gflop_per_text']} GFLOP/text, {text['gflop_per_s']} GFLOP/s", end="")
     for r in rows:
         if "speedup_vs_torch" in r:
             print(f"\n{r['encoder']}: onnx / torch = {r['speedup_vs_torch']}", end="")
@@ -299,6 +321,8 @@ def main() -> None:
                        "onnxruntime": onnxruntime.__version__},
            "matmul_peak_gflops": round(peak, 1), "mem_bandwidth_gbs": round(bw, 1),
            "images": args.images, "batch_size": args.batch_size, "rows": rows}
+    if text:
+        out["text"] = text
     if gpu:
         out["gpu"] = gpu
     if args.coldstart:

@@ -438,3 +438,14 @@ def test_gpu_batch_size_rule_from_free_memory():
 def test_cpu_batch_size_is_the_requested_one(effnet):
     assert effnet.cuda_batch_limit() is None and not effnet.channels_last
     assert effnet.effective_batch_size(None) == 32 and effnet.effective_batch_size(5) == 5
+
+
+def test_cuda_batch_size_uses_the_memory_limit(monkeypatch):
+    from test_features import TinyImageEncoder
+
+    enc = TinyImageEncoder()
+    monkeypatch.setattr(enc, "cuda_batch_limit", lambda: 48)  # what a probe batch on a GPU would give
+    assert enc.effective_batch_size(None) == 48  # no size asked: as many as fit
+    assert enc.effective_batch_size(16) == 16 and enc.effective_batch_size(200) == 48  # asked: lowered to what fits
+    out = enc.encode([_frame(i, size=(64, 48)) for i in range(5)], batch_size=2)
+    assert out.shape == (5, enc.config.dim)
