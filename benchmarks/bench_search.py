@@ -123,6 +123,7 @@ def child_build(a) -> dict:
     return {"kind": index.kind, "params": index.params, "build_s": round(add_s, 2), "save_s": round(save_s, 2),
             "faiss_build_s": None if report is None else report.build_s,
             "build_report_recall_at_10": None if report is None else report.recall_at_10,
+            "build_report_filtered": None if report is None else report.filtered,
             "build_peak_rss_mb": rss_mb()[1]}
 
 
@@ -212,7 +213,7 @@ def bench_dim(a, d: int, tmp: Path) -> list[dict]:
                     "rss_anon_mb": served["rss_anon_mb"], "rss_file_mb": served["rss_file_mb"],
                     "disk_mb": round(sum(p.stat().st_size for p in folder.iterdir()) / 2**20, 1),
                     **{k: built[k] for k in ("save_s", "faiss_build_s", "build_report_recall_at_10",
-                                             "build_peak_rss_mb")}})
+                                             "build_report_filtered", "build_peak_rss_mb")}})
         rows.append(row)
         print(json.dumps(row), flush=True)
         for p in folder.iterdir():
