@@ -107,6 +107,19 @@ def test_tiny_dinov2_checkpoint(tmp_path):
     assert describe_encoder("image", "dinov2-vits14-reg4", return_layers=[-1], **{k: v for k, v in kw.items()}) is None
 
 
+@pytest.mark.parametrize("name,arch", [("gastronet-vits16", "vit_small_patch16_224"),
+                                       ("endovit", "vit_base_patch16_224")])
+def test_tiny_domain_backbone_checkpoints(tmp_path, name, arch):
+    import torch
+    from test_domain_backbones import SIZE, TINY, _tiny_vit
+
+    torch.save(_tiny_vit(arch).state_dict(), tmp_path / "plain.pth")
+    kw = dict(weights=str(tmp_path / "plain.pth"), device="cpu", image_size=SIZE, model_kwargs=TINY)
+    enc = build_image_encoder(name, **kw)
+    info = describe_encoder("image", name, **kw)
+    assert (info.name, info.dim, info.fingerprint) == (enc.config.name, enc.config.dim, enc.fingerprint)
+
+
 def test_adapted_encoder_fingerprint_without_building_its_base(tmp_path, monkeypatch):
     from entrep.finetune.encoder import AdaptedEncoder, build_structure, load_adapted
     from entrep.model.bundle import _deferred_adapter

@@ -36,7 +36,7 @@ from entrep.encoders.dinov2 import (
     unwrap_checkpoint,
 )
 from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
-from entrep.encoders.registry import register_image_encoder
+from entrep.encoders.registry import IMAGE, register_image_encoder
 from entrep.encoders.resolver import (
     choose_source,
     compare_state_dicts,
@@ -169,3 +169,39 @@ def build_gastronet(name: str, *, weights=None, pooling=None, device=None, preci
                             device=device, precision=precision, image_size=image_size, return_layers=return_layers,
                             model_kwargs=model_kwargs, example="/path/to/gastronet_dino_vits16.pth",
                             licence="check the GastroNet-5M weights' licence (research use)")
+
+
+#: timm architecture -> its ViT width (``num_features``), for describing without building
+ARCH_WIDTH = {"vit_small_patch16_224": 384, "vit_base_patch16_224": 768}
+
+
+def describe_domain_vit(name: str, arch: str, *, weights, pooling, device, precision, image_size: int,
+                        return_layers, model_kwargs, example: str, licence: str, patch: int = 16):
+    """(config, weights digest, precision, kind) of :func:`build_domain_vit` without timm or building;
+    None with ``return_layers`` (the block count comes from the built model)."""
+    from entrep.encoders.base import resolve_device, resolve_precision
+
+    if return_layers:
+        return None
+    if int(image_size) % patch:
+        raise UserError(f"{name}: image_size {image_size} must be a multiple of the {patch}-pixel patch (e.g. 224, 384)")
+    pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
+    path, source = weights_path(name, weights, example)
+    kwargs = dict(model_kwargs or {})
+    width = int(kwargs.get("embed_dim", ARCH_WIDTH[arch]))
+    config = ImageEncoderConfig(
+        name=name, dim=pooled_dim(pooling, width), image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, weights=source, pooling=pooling, width=width, interpolation="bicubic", licence=licence,
+        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(kwargs.items())) or None}))
+    return config, file_digest(path), resolve_precision(precision, resolve_device(device)), DomainViTEncoder.__name__
+
+
+@IMAGE.describer("gastronet-vits16")
+def describe_gastronet(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
+                       return_layers=None, model_kwargs: dict | None = None, **rest):
+    if rest:
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
+    return describe_domain_vit(name, "vit_small_patch16_224", weights=weights, pooling=pooling, device=device,
+                               precision=precision, image_size=image_size, return_layers=return_layers,
+                               model_kwargs=model_kwargs, example="/path/to/gastronet_dino_vits16.pth",
+                               licence="check the GastroNet-5M weights' licence (research use)")
