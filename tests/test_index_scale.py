@@ -218,3 +218,14 @@ def test_server_state_reports_the_gallery_kind_and_recall(pq):
     assert state.gallery_info["kind"] == "flat" and state.gallery_info["recall_at_10"] is None
     model.gallery = None
     assert state.gallery_info is None
+
+
+def test_ivfpq_effort_is_raised_until_target_recall(caplog):
+    caplog.set_level(logging.INFO, logger="entrep.retrieval")
+    x, c = clustered(2600, seed=10, n_clusters=8, spread=1.5)
+    g = GalleryIndex(D, kind="ivfpq", nprobe=1, target_recall=0.99)
+    g.add(x, meta(c))
+    r = g.build_report
+    worst = min([r.recall_at_10] + [f["recall_at_10"] for f in r.filtered.values()])
+    assert worst >= 0.99 and g.params["nprobe"] > 1 and "IVF-PQ recall below 0.99" in caplog.text
+    assert g.params["rerank_min"] <= backend.RERANK_MAX and r.params == g.params

@@ -163,7 +163,8 @@ def widen(index: faiss.Index, kind: str, params: dict, n: int, target_recall: fl
         if nprobe >= nlist and rmin >= RERANK_MAX:
             return False
         index.nprobe = params["nprobe"] = min(nlist, 2 * nprobe)
-        params["rerank_min"], params["rerank_factor"] = min(RERANK_MAX, 2 * rmin), 2 * params["rerank_factor"]
+        params["rerank_min"] = min(RERANK_MAX, 2 * rmin)
+        params["rerank_factor"] = min(max(RERANK_FACTOR, RERANK_MAX // 10), 2 * params["rerank_factor"])
         log.info("IVF-PQ recall below %.2f: nprobe %d -> %d, re-ranked candidates max(%dk, %d)", target_recall,
                  nprobe, index.nprobe, params["rerank_factor"], params["rerank_min"])
         return True
