@@ -47,11 +47,17 @@ def fitted(tiny_data_dir, tmp_path_factory):
     return root / "model", " ".join(res.output.split())
 
 
+@pytest.fixture
+def warm(fitted, monkeypatch):
+    """The fitted ensemble's feature cache, so a test computes no feature the fit already did."""
+    monkeypatch.setenv("ENTREP_CACHE", str(fitted[0].parent / "cache"))
+
+
 @pytest.fixture(scope="module")
 def model(fitted):
     from entrep.model import load_model
 
-    return load_model(fitted[0])
+    return load_model(fitted[0], cache=fitted[0].parent / "cache")
 
 
 def _images(tiny_data_dir, n=6):
@@ -177,12 +183,12 @@ def test_retrieval_cosine_is_the_mean_of_the_members_cosines(model, tiny_data_di
     assert np.allclose(u @ j.T, want, atol=1e-5)
 
 
-def test_save_load_round_trip_gives_identical_outputs(model, tiny_data_dir, tmp_path):
+def test_save_load_round_trip_gives_identical_outputs(model, tiny_data_dir, tmp_path, warm):
     from entrep.model import EnsembleModel, load_model
 
     imgs = _images(tiny_data_dir)
     model.save(tmp_path / "copy")
-    again = load_model(tmp_path / "copy")
+    again = load_model(tmp_path / "copy", cache=model.cache)
     assert isinstance(again, EnsembleModel) and again.k == model.k
     assert again.predict(imgs) == model.predict(imgs)
     assert again.search_image(imgs[0], k=5) == model.search_image(imgs[0], k=5)
@@ -190,7 +196,7 @@ def test_save_load_round_trip_gives_identical_outputs(model, tiny_data_dir, tmp_
     assert [m.path for m in again.members] == [tmp_path / "copy" / "members" / str(i) for i in range(model.k)]
 
 
-def test_cli_predict_evaluate_index_search_on_an_ensemble(fitted, tiny_data_dir, tmp_path):
+def test_cli_predict_evaluate_index_search_on_an_ensemble(fitted, tiny_data_dir, tmp_path, warm):
     path = tmp_path / "model"
     shutil.copytree(fitted[0], path)
     imgs = _images(tiny_data_dir, 3)
@@ -222,7 +228,7 @@ def test_cli_predict_evaluate_index_search_on_an_ensemble(fitted, tiny_data_dir,
     assert all(h["image"] != str(imgs[0]) for h in hits)
 
 
-def test_submit_serve_and_review_take_an_ensemble(fitted, model, tiny_data_dir, tmp_path):
+def test_submit_serve_and_review_take_an_ensemble(fitted, model, tiny_data_dir, tmp_path, warm):
     from fastapi.testclient import TestClient
 
     from entrep.challenge.format import check_submission, read_submission
@@ -253,7 +259,7 @@ def test_submit_serve_and_review_take_an_ensemble(fitted, model, tiny_data_dir, 
     assert kept and all(row["label"] in ENT.classes for row in kept)
 
 
-def test_partial_or_corrupt_ensemble_folder_is_one_clear_line(fitted, tiny_data_dir, tmp_path):
+def test_partial_or_corrupt_ensemble_folder_is_one_clear_line(fitted, tiny_data_dir, tmp_path, warm):
     from entrep.model import load_model
 
     img = _images(tiny_data_dir, 1)[0]

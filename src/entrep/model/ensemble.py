@@ -302,6 +302,11 @@ class EnsembleModel:
             return _stack([m.image_query_vectors(f, space) for m, f in zip(self.members, per)])
         raise ModelError(f"unknown retrieval space {space!r}; use joint, head, concat or metric")
 
+    @property
+    def metric_dim(self) -> int:
+        """Width of the metric blocks of a ``metric`` gallery row (0 without metric heads)."""
+        return sum(int(m.parts.metric_head.dim) for m in self.members if m.parts.metric_head is not None)
+
     def _metric(self, per: list[ImageFeatures]) -> np.ndarray:
         return _stack([m.metric_vectors(f) for m, f in zip(self.members, per)])
 
