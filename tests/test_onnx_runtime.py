@@ -230,3 +230,25 @@ def test_cli_runtime_option_reaches_load_and_is_checked(tmp_path, monkeypatch):
         assert asked[-1] == want
     res = runner.invoke(app, ["predict", str(image), "--model", str(tmp_path), "--runtime", "tensorrt"])
     assert res.exit_code == 2 and "tensorrt" in res.output
+
+
+@pytest.mark.parametrize("kind", ["vit", "effnet"])
+def test_adapted_lora_encoder_runs_on_onnx_with_torch_results(tmp_path, kind):
+    from entrep.config import FinetuneConfig
+    from entrep.data.records import Dataset
+    from entrep.finetune import finetune_encoder
+    from helpers import TinyExtractor, finetune_taxonomy, laterality_images
+
+    tax = finetune_taxonomy()
+    enc = {"vit": tiny_vit_encoder, "effnet": tiny_effnet_encoder}[kind]()
+    recs = laterality_images(tmp_path / "img", tax, per_class=3)
+    train = Dataset(recs, tmp_path, tax)
+    cfg = FinetuneConfig(method="lora", epochs=1, lr=1e-3, batch_size=16, layers=1, patience=10,
+                         input_size=enc.config.image_size[0])
+    adapted = finetune_encoder(TinyExtractor(enc, tmp_path / "cache"), train, train, tax, cfg)
+    ims = _frames(3, size=(64, 48))
+    ref = adapted.encode(ims)
+    assert adapted.use_runtime("auto", cache_dir=tmp_path / "onnx") == "onnx"
+    assert np.abs(adapted.encode(ims) - ref).max() <= 1e-4
+    assert adapted.onnx_graph == onnx_runtime.graph_path(tmp_path / "onnx", adapted)  # keyed by the adapter's fingerprint
+    assert adapted.onnx_graph != onnx_runtime.graph_path(tmp_path / "onnx", enc)
