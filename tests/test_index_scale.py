@@ -60,7 +60,7 @@ def test_ivfpq_holds_only_codes_and_reranks_to_exact_scores(pq):
     g, x, _ = pq
     assert g.kind == "ivfpq" and g.vector_storage == "memory"
     p = g.params
-    assert p["m"] == D // 8 and 1 <= p["nbits"] <= 8 and p["nlist"] >= 2
+    assert p["m"] == D // 4 and 1 <= p["nbits"] <= 8 and p["nlist"] >= 2
     q, _ = clustered(50, seed=1)
     hits = g.search(q, 10)
     truth = exact(x, q, 10)
