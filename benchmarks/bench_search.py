@@ -105,7 +105,13 @@ def labels_of(assign: np.ndarray) -> np.ndarray:
 
 # ---- children: build one kind, serve one saved gallery --------------------------
 def child_build(a) -> dict:
+    import entrep.retrieval.backend as backend
     from entrep.retrieval.index import GalleryIndex
+
+    if a.rerank_min:  # IVF-PQ tuning: R = max(rerank_min / 10 * k, rerank_min)
+        backend.RERANK_MIN, backend.RERANK_FACTOR = int(a.rerank_min), max(1, int(a.rerank_min) // 10)
+    if a.pq_dims:
+        backend.PQ_DIMS_PER_SUBQUANTIZER = int(a.pq_dims)
 
     x = np.load(a.data, mmap_mode="r")[: a.n]
     lab = labels_of(np.load(a.assign)[: a.n])
@@ -168,6 +174,9 @@ def run_child(role: str, a, kind: str, out: Path, tmp: Path) -> dict:
            "--out", str(out), "--n", str(a.n), "--queries", str(a.queries), "--k", str(a.k), "--result", str(res)]
     if a.verbose:
         cmd.append("-v")
+    for flag, v in (("--rerank-min", a.rerank_min), ("--pq-dims", a.pq_dims)):
+        if v:
+            cmd += [flag, str(v)]
     subprocess.run(cmd, check=True)
     return json.loads(res.read_text())
 
@@ -310,6 +319,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the memory-mapped data and galleries go "
                     "(default: a temporary folder; needs ~ n * dim * 8 bytes)")
+    ap.add_argument("--rerank-min", type=int, default=None, help="IVF-PQ: re-rank max(N/10 * k, N) candidates "
+                    "(default: backend.RERANK_MIN, RERANK_FACTOR)")
+    ap.add_argument("--pq-dims", type=int, default=None, help="IVF-PQ: dimensions per sub-quantizer "
+                    "(default: backend.PQ_DIMS_PER_SUBQUANTIZER)")
     ap.add_argument("--store-bench", type=int, default=None, metavar="N", help="measure SQLite vs Parquet metadata")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("-v", "--verbose", action="store_true")

@@ -43,9 +43,9 @@ with every list probed before its exact re-ranking): graph and list search
 lose most of their recall when the allowed rows lie away from the query.
 IVF-PQ is the exception: it answers a filter allowing at most
 :data:`EXACT_SCAN_ROWS` rows by an exact scan of those rows' float vectors,
-and any wider one with nprobe widened by 1/fraction (never every list: at
-100k rows that kept recall@10 under a 1/7 filter, 0.992 vs 0.994, for 20%
-less time, and at 1M it scans 44% of the lists instead of all). Wider filters widen efSearch by 1/fraction**2 and nprobe by
+and any wider one with nprobe widened by 1/fraction (never every list: at 1M
+that would read every code per filtered query; the recall kept is measured
+in each build report, which widens nprobe and R when it falls short). Wider filters widen efSearch by 1/fraction**2 and nprobe by
 1/fraction, and any approximate search that comes back short is redone
 exactly. Batches under 20 queries run FAISS on one thread: on a small shared
 machine OpenMP start-up and spinning cost more than a second core saves.
@@ -69,13 +69,12 @@ KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 AUTO_THRESHOLD = 100_000
 AUTO_APPROX_KIND = "ivf"
 AUTO_PQ_THRESHOLD = 2_000_000  # "auto" builds IVF-PQ from this many rows (IVF-Flat below)
-# m = dim / 4 sub-quantizers (128-byte codes at dim 512): with 1,000 rows per cluster (the 1M benchmark's density,
-# at 100k rows) dim / 8 kept recall@10 0.974 / 0.958 under the 1/7 / 4/7 filters, dim / 4 0.982 / 0.967
+# m = dim / 4 sub-quantizers (128-byte codes at dim 512): more recall under filters than dim / 8 at the 1M
+# benchmark's cluster density (docs/scale.md, tuning runs)
 PQ_DIMS_PER_SUBQUANTIZER = 4
 PQ_TRAIN_PER_LIST = 64  # IVF-PQ trains on a seeded sample of at most this many points per list
-# IVF-PQ re-ranks the top R = max(RERANK_FACTOR * k, RERANK_MIN) PQ candidates exactly. PQ ranking, not
-# nprobe, is what limits recall (docs/scale.md: at 100k x 512, R = 100 gave recall@10 0.90 under a 1/7 filter,
-# 200 gave 0.966, 400 gave 0.995; doubling nprobe changed nothing), and a denser 1M gallery needs a margin.
+# IVF-PQ re-ranks the top R = max(RERANK_FACTOR * k, RERANK_MIN) PQ candidates exactly. PQ ranking is what
+# limits recall (docs/scale.md, tuning runs at 100k x 512), and a denser 1M gallery needs a margin.
 RERANK_FACTOR = 50
 RERANK_MIN = 500
 RERANK_MAX = 8192  # widening stops raising the candidate count here
