@@ -72,6 +72,21 @@ def test_second_export_reuses_the_cache(manifest, tmp_path):
     np.testing.assert_array_equal(a["image_embeddings"], b["image_embeddings"])
 
 
+def test_cached_export_builds_no_encoder_and_keeps_its_cache_folder(manifest, tmp_path, monkeypatch):
+    from entrep.features import FeatureCache
+
+    cache = tmp_path / "cache"
+    export_embeddings(manifest, tmp_path / "a.npz", cache=FeatureCache(cache))
+    assert any(cache.rglob("shard-*.npy"))  # the features went into the given folder, not elsewhere
+
+    def no_build(self, role, **kw):
+        raise AssertionError(f"built {role} on a fully cached run")
+
+    monkeypatch.setattr(Profile, "build", no_build)
+    b = np.load(export_embeddings(manifest, tmp_path / "b.npz", cache=cache))
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["text_embeddings"], b["text_embeddings"])
+
+
 def test_flip_view_export(manifest, tmp_path, shared_cache):
     out = export_embeddings(manifest, tmp_path / "flip.npz", view="flip", cache=shared_cache)
     orig = export_embeddings(manifest, tmp_path / "orig.npz", cache=shared_cache)

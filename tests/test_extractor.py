@@ -70,7 +70,7 @@ def test_override_replaces_profile_encoder_with_its_own_cache_entries(tmp_path, 
     prof = TwoEncoderProfile()
     adapted = TinyImageEncoder(seed=7, name="head_image")
     base = Extractor(prof, cache_root=tmp_path / "c").images("head", files)
-    ex = Extractor(prof, cache_root=tmp_path / "c", overrides={"head_image": adapted})
+    ex = Extractor(prof, cache_root=tmp_path / "c", overrides={"head_image": adapted}, runtime="torch")
     got = ex.images("head", files)
     assert adapted.images_seen == 4 and prof.built == ["head_image"]  # the override was not rebuilt from the profile
     np.testing.assert_allclose(got, adapted.encode([Image.open(p).convert("RGB") for p in files]), atol=1e-6)

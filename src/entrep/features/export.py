@@ -39,10 +39,14 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def compute_embeddings(dataset, profile="offline", *, view: str = "orig", cache=None, batch_size: int = 32,
-                       progress: bool = False, device=None) -> dict[str, Any]:
-    """Embeddings of a Dataset (or a DATA path) as a dict of row-aligned arrays + metadata."""
+                       progress: bool = False, device=None, runtime: str = "auto") -> dict[str, Any]:
+    """Embeddings of a Dataset (or a DATA path) as a dict of row-aligned arrays + metadata.
+
+    Goes through the one :class:`~entrep.features.Extractor`: an encoder is built only when the
+    feature cache misses, so a fully cached rerun builds none.
+    """
     from entrep.encoders.profiles import get_profile
-    from entrep.features import FeatureCache
+    from entrep.features import Extractor
 
     if isinstance(dataset, (str, Path)):
         from entrep.data.readers import read_dataset
@@ -51,33 +55,33 @@ def compute_embeddings(dataset, profile="offline", *, view: str = "orig", cache=
     if not len(dataset.records):
         raise UserError(f"{dataset.source or dataset.root}: no images to embed")
     prof = get_profile(profile)
-    fc = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    from entrep.features import FeatureCache
+
+    ex = Extractor(prof, cache_root=cache if isinstance(cache, FeatureCache) else _cache_root(cache), device=device, batch_size=batch_size, progress=progress,
+                   runtime=runtime)
     records = dataset.records
     paths = [r.image for r in records]
+    desc = ex.describe()
 
-    clip_image = prof.build_clip_image(device=device)
-    arrays: dict[str, Any] = {
-        "image_embeddings": fc.image_features(clip_image, paths, view=view, batch_size=batch_size, progress=progress),
-    }
-    meta = {"profile": prof.name, "view": view, "image_encoder": clip_image.config.name,
-            "image_fingerprint": clip_image.fingerprint, "image_pooling": clip_image.config.pooling}
-    if not prof.head_shares_clip:
-        head = prof.build_head_image(device=device)
-        arrays["head_embeddings"] = fc.image_features(head, paths, view=view, batch_size=batch_size, progress=progress)
-        meta.update(head_encoder=head.config.name, head_fingerprint=head.fingerprint, head_pooling=head.config.pooling)
+    arrays: dict[str, Any] = {"image_embeddings": ex.images("clip", paths, view)}
+    meta = {"profile": prof.name, "view": view, "image_encoder": desc["clip_image"]["name"],
+            "image_fingerprint": desc["clip_image"]["fingerprint"], "image_pooling": prof.clip_image_pooling}
+    if not ex.shares_encoder():
+        arrays["head_embeddings"] = ex.images("head", paths, view)
+        meta.update(head_encoder=desc["head_image"]["name"], head_fingerprint=desc["head_image"]["fingerprint"],
+                    head_pooling=prof.head_image_pooling)
 
     texts = [r.text or "" for r in records]
     has_text = np.array([bool(t.strip()) for t in texts], dtype=bool)
-    text_enc = prof.build_clip_text(device=device)
-    if any(r.text_vi for r in records) and "vi" not in text_enc.config.languages:
-        log.info("Vietnamese captions are kept in the records but not embedded: %s is %s-only",
-                 text_enc.config.name, "/".join(text_enc.config.languages))
-    text_emb = np.full((len(records), text_enc.config.dim), np.nan, dtype=np.float32)
+    if any(r.text_vi for r in records):
+        log.info("Vietnamese captions are kept in the records; the embedded text is each record's English caption")
+    text_emb = np.full((len(records), desc["clip_text"]["dim"]), np.nan, dtype=np.float32)
     if has_text.any():
         idx = np.flatnonzero(has_text)
-        text_emb[idx] = fc.text_features(text_enc, [texts[i] for i in idx], progress=progress)
+        text_emb[idx] = ex.texts([texts[i] for i in idx])
     arrays.update(text_embeddings=text_emb, has_text=has_text)
-    meta.update(text_encoder=text_enc.config.name, text_fingerprint=text_enc.fingerprint, joint=prof.joint)
+    meta.update(text_encoder=desc["clip_text"]["name"], text_fingerprint=desc["clip_text"]["fingerprint"],
+                joint=prof.joint)
     arrays.update(
         paths=np.array([_rel(p, dataset.root) for p in paths], dtype=str),
         labels=np.array([r.label or "" for r in records], dtype=str),
@@ -86,10 +90,19 @@ def compute_embeddings(dataset, profile="offline", *, view: str = "orig", cache=
     return {"arrays": arrays, "meta": meta}
 
 
+def _cache_root(cache) -> Path | None:
+    """The cache folder of a FeatureCache, a folder, or None (the default cache)."""
+    from entrep.features import FeatureCache
+
+    if isinstance(cache, FeatureCache):
+        return Path(cache.root)
+    return Path(cache) if cache is not None else None
+
+
 def export_embeddings(dataset, out: str | Path, profile="offline", *, view: str = "orig", cache=None,
                       batch_size: int = 32, progress: bool = False, device=None, engine: str = "local",
                       ray_address: str | None = None, workers: int | None = None, shard_rows: int | None = None,
-                      model: str | Path | None = None, flips: bool = False) -> Path:
+                      model: str | Path | None = None, flips: bool = False, runtime: str | None = None) -> Path:
     """Compute and write embeddings to ``out``: a folder of shards, or one .npz (.parquet) file, atomically.
 
     ``engine``/``ray_address``/``workers``/``shard_rows``/``model``/``flips``
@@ -100,7 +113,7 @@ def export_embeddings(dataset, out: str | Path, profile="offline", *, view: str 
     if not suffix or out.is_dir():
         return export_shards(dataset, out, profile, view=view, cache=cache, batch_size=batch_size, device=device,
                              engine=engine, ray_address=ray_address, workers=workers, shard_rows=shard_rows,
-                             model=model, flips=flips)
+                             model=model, flips=flips, runtime=runtime)
     if suffix not in (".npz", ".parquet"):
         raise UserError(f"{out}: output must be a folder (resumable shards), or end in .npz or .parquet")
     if engine != "local" or model is not None or flips:
@@ -111,7 +124,7 @@ def export_embeddings(dataset, out: str | Path, profile="offline", *, view: str 
         except ImportError:
             raise UserError(f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use a .npz file") from None
     res = compute_embeddings(dataset, profile, view=view, cache=cache, batch_size=batch_size, progress=progress,
-                             device=device)
+                             device=device, runtime=runtime or "auto")
     (write_parquet if suffix == ".parquet" else write_npz)(out, res["arrays"], res["meta"])
     log.info("wrote %d embeddings to %s", len(res["arrays"]["paths"]), out)
     return out
@@ -120,7 +133,7 @@ def export_embeddings(dataset, out: str | Path, profile="offline", *, view: str 
 def export_shards(dataset, out: str | Path, profile="offline", *, view: str = "orig", cache=None,
                   batch_size: int = 32, device=None, engine: str = "local", ray_address: str | None = None,
                   workers: int | None = None, shard_rows: int | None = None, model: str | Path | None = None,
-                  flips: bool = False) -> Path:
+                  flips: bool = False, runtime: str | None = None) -> Path:
     """Embeddings as resumable Parquet shards + manifest in folder ``out`` (a rerun finishes what is missing)."""
     from entrep.distribute import DEFAULT_SHARD_ROWS, EmbedSpec, embed_to_shards, get_engine
 
@@ -128,10 +141,10 @@ def export_shards(dataset, out: str | Path, profile="offline", *, view: str = "o
         from entrep.data.readers import read_dataset
 
         dataset = read_dataset(dataset)
-    root = getattr(cache, "root", cache)  # a FeatureCache or a folder
+    root = _cache_root(cache)
     spec = EmbedSpec(profile=profile, model=str(model) if model is not None else None,
                      cache=str(root) if root is not None else None, device=device, batch_size=batch_size,
-                     view=view, flips=flips)
+                     view=view, flips=flips, runtime=runtime)
     manifest = embed_to_shards(dataset, out, spec, engine=get_engine(engine, address=ray_address, workers=workers),
                                shard_rows=shard_rows or DEFAULT_SHARD_ROWS)
     log.info("wrote %d shards (%d rows) to %s", len(manifest["shards"]), manifest["n_rows"], out)

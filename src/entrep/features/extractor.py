@@ -46,7 +46,7 @@ class Extractor:
         if unknown:
             raise ValueError(f"overrides for unknown roles {sorted(unknown)}; use clip_image or head_image")
         self.profile = profile
-        self.cache = FeatureCache(cache_root)
+        self.cache = cache_root if isinstance(cache_root, FeatureCache) else FeatureCache(cache_root)
         self.device = device
         self.batch_size = batch_size
         self.progress = progress

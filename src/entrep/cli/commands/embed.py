@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from entrep.cli.app import app, console
+from entrep.cli.commands.model import RUNTIME_HELP, Runtime
 
 
 @app.command("embed")
@@ -27,6 +28,7 @@ def embed_cmd(
     shard_rows: int = typer.Option(1024, "--shard-rows", min=1, help="Rows per shard (a killed run loses at most the shards in flight)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Embed with this model's (possibly fine-tuned) encoders, for `index --embeddings`."),
     flips: bool = typer.Option(False, "--flips", help="Also store flipped head features (flip TTA when `index` predicts missing labels)."),
+    runtime: Optional[Runtime] = typer.Option(None, "--runtime", envvar="ENTREP_RUNTIME", help=RUNTIME_HELP.format(what="model")),
 ) -> None:
     """Export image (and caption) embeddings of DATA, row-aligned with its records."""
     from entrep.data.augment import parse_view
@@ -36,7 +38,7 @@ def embed_cmd(
     show = sys.stderr.isatty() if progress is None else progress
     path = export_embeddings(data, out, profile=profile, view=view, cache=cache, batch_size=batch_size,
                              progress=show, device=device, engine=engine, ray_address=ray_address, workers=workers,
-                             shard_rows=shard_rows, model=model, flips=flips)
+                             shard_rows=shard_rows, model=model, flips=flips, runtime=runtime)
     console.print(f"wrote {path}")
 
 
