@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.exceptions import NotFittedError
+from entrep.classify._common import NotFittedModelError as NotFittedError
 
 from entrep.classify.align import JointAlignment, text_to_image_recall
 from entrep.errors import EntrepError, ModelError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.exceptions import NotFittedError
+from entrep.classify._common import NotFittedModelError as NotFittedError
 from torch import nn
 
 from entrep.classify.heads import HeadClassifier, MLPHead
@@ -164,3 +164,15 @@ def test_internal_holdout_never_takes_every_row_of_a_class():
     for seed in (4, 5, 6):  # seed 5's stratified fold holds out that image
         model = HeadClassifier(max_epochs=2, seed=seed).fit(X, y)
         assert 2 not in set(y[model.holdout_index_])
+
+
+def test_sklearn_clone_and_set_params_work_without_sklearn_in_entrep():
+    from sklearn.base import clone
+
+    model = HeadClassifier(hidden=(16,), max_epochs=3, seed=4)
+    twin = clone(model)
+    assert twin is not model and twin.get_params() == model.get_params()
+    assert twin.set_params(max_epochs=5).max_epochs == 5
+    with pytest.raises(ValueError, match="unknown parameters"):
+        model.set_params(epochs=5)
+    assert "max_epochs=3" in repr(model)

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.exceptions import NotFittedError
+from entrep.classify._common import NotFittedModelError as NotFittedError
 
 from entrep.classify.fusion import l2_normalize
 from entrep.classify.prototypes import PrototypeClassifier

@@ -30,10 +30,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator
 from torch import nn
 
 from entrep.classify._common import (
+    Estimator,
     FeatureError,
     arrays_to_module,
     check_features,
@@ -133,7 +133,7 @@ def text_to_image_recall(
     return float(np.mean(np.take_along_axis(relevant, top, axis=1).any(axis=1)))
 
 
-class JointAlignment(BaseEstimator):
+class JointAlignment(Estimator):
     """Contrastive linear projections of image and text features into one joint space.
 
     Parameters: ``dim`` joint dimension; ``epochs`` maximum passes; ``lr`` and

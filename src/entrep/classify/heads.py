@@ -19,10 +19,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
 from entrep.classify._common import (
+    ClassifierEstimator,
     FeatureError,
     arrays_to_module,
     check_features,
@@ -73,7 +73,7 @@ class MLPHead(nn.Module):
         return self.net(x)
 
 
-class HeadClassifier(ClassifierMixin, BaseEstimator):
+class HeadClassifier(ClassifierEstimator):
     """Train an :func:`MLPHead` on feature rows; sklearn-style classifier.
 
     Parameters: ``hidden`` widths and ``dropout`` of the head; ``lr`` and

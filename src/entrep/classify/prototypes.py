@@ -19,9 +19,9 @@ import logging
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from entrep.classify._common import (
+    ClassifierEstimator,
     FeatureError,
     check_features,
     check_kind,
@@ -61,7 +61,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
         return shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
 
 
-class PrototypeClassifier(ClassifierMixin, BaseEstimator):
+class PrototypeClassifier(ClassifierEstimator):
     """Nearest-prototype classifier by cosine similarity, with softmax confidence.
 
     Parameters

@@ -206,10 +206,9 @@ def image_hits(model, images, *, k: int = 10, filter: str | None = None, space: 
     q = model.image_query_vectors(feats, space)
     check_gallery_dim(model, gallery, q.shape[1], space)
     scale = model.score_scale("image", space)
-    by_hash: dict[str, set] = {}
-    for m in gallery.items:
-        by_hash.setdefault(m.content_hash, set()).add(m.id)
-    exclude = [by_hash.get(h, set()) if h else set() for h in _content_hashes(model, images)]
+    hashes = _content_hashes(model, images)
+    by_hash = gallery.ids_for_hashes(hashes)  # a query's own image is never its own hit; no full row read
+    exclude = [by_hash.get(h, set()) if h else set() for h in hashes]
     if ranking == "soft" and filter in SOFT_FILTERS:
         P, bin_of_class, bin_labels = class_bins(model.taxonomy, dec.fine_proba, filter)
         bin_of_label = {c: int(bin_of_class[j]) for j, c in enumerate(model.taxonomy.classes)}
