@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FORMAT = "entrep-model"
 VERSION = 2
 #: what entrep writes in a model folder; anything else there is the user's and is kept on re-save
-OWN_ENTRIES = frozenset({"model.json", "arrays.npz", "adapters", "gallery", "report"})
+OWN_ENTRIES = frozenset({"model.json", "arrays.npz", "adapters", "gallery", "report", "members"})
 
 
 def flatten_state(state: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:

@@ -133,6 +133,11 @@ class EntrepModel:
         return Structure.from_taxonomy(self.taxonomy)
 
     @property
+    def metric_dim(self) -> int:
+        """Width of the metric block of a ``metric`` gallery row (0 without a metric head)."""
+        return int(self.parts.metric_head.dim) if self.parts.metric_head is not None else 0
+
+    @property
     def extractor(self):
         """The feature extractor of the model's profile (and adapted encoders), built on first use."""
         if self._extractor is None:

@@ -331,7 +331,7 @@ def text_query_vector(model, u: np.ndarray, gallery) -> np.ndarray:
         pad = np.zeros((u.shape[0], gallery.dim - u.shape[1]), dtype=np.float32)
         return np.concatenate([u, pad], axis=1)
     if space == "metric":
-        metric_dim = int(model.parts.metric_head.dim) if model.parts.metric_head is not None else 0
+        metric_dim = model.metric_dim
         check_gallery_dim(model, gallery, metric_dim + u.shape[1])
         return np.concatenate([np.zeros((u.shape[0], metric_dim), dtype=np.float32), u], axis=1)
     raise UserError("text search needs a joint, concat or metric gallery space; this model indexes head features only")
