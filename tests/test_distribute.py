@@ -58,7 +58,7 @@ def test_shards_and_manifest(local_shards, dataset):
     manifest, cols = read_shards(local_shards)
     assert sorted(manifest["shards"]) == ["shard-000000000-000000003.parquet", "shard-000000003-000000006.parquet",
                                           "shard-000000006-000000007.parquet"]
-    assert manifest["n_rows"] == len(LABELS) and manifest["encoders"]["clip_image"]["name"] == "effnet-lite0"
+    assert manifest["n_rows"] == len(LABELS) and manifest["encoders"]["clip_image"]["name"] == "effnet-lite2"
     assert cols["row_id"].tolist() == list(range(len(LABELS)))
     assert [str(p) for p in cols["path"]] == [str(r.image) for r in dataset.records]
     assert [str(x) for x in cols["label"]] == [lab if i != 4 else "" for i, lab in enumerate(LABELS)]

@@ -53,7 +53,7 @@ def test_export_npz_is_row_aligned(manifest, tmp_path, caplog, shared_cache):
     assert z["labels"].tolist() == LABELS
     assert z["texts"][0] == "a spur on the septum"
     meta = json.loads(str(z["meta"]))
-    assert meta["image_encoder"] == "effnet-lite0" and meta["text_encoder"] == "minilm-l6"
+    assert meta["image_encoder"] == "effnet-lite2" and meta["text_encoder"] == "minilm-l6"
     assert len(meta["image_fingerprint"]) == 64 and meta["joint"] is False and meta["view"] == "orig"
     t = z["text_embeddings"]
     assert float(t[0] @ t[1]) > float(t[0] @ t[3])
@@ -122,12 +122,12 @@ def test_cli_embed(manifest, tmp_path, shared_cache):
 
 def test_builtin_profiles():
     off, paper = get_profile("offline"), get_profile("paper")
-    assert (off.clip_image, off.clip_text, off.head_image, off.joint) == ("effnet-lite0", "minilm-l6", "effnet-lite0", False)
+    assert (off.clip_image, off.clip_text, off.head_image, off.joint) == ("effnet-lite2", "minilm-l6", "effnet-lite2", False)
     assert off.clip_image_pooling == off.head_image_pooling == "grid2" and off.head_shares_clip
     assert (paper.clip_image, paper.clip_text, paper.joint) == ("biomedclip", "biomedclip", True)
     assert paper.head_image == "dinov2-vitb14" and paper.head_pooling == "grid2" and not paper.head_shares_clip
     assert get_profile(paper) is paper
-    with pytest.raises(UserError, match="offline, offline-fast, offline-lite2, paper"):
+    with pytest.raises(UserError, match="offline, offline-fast, paper"):
         get_profile("fast")
 
 
