@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -241,6 +242,9 @@ class FeatureCache:
         return get
 
     def _fill(self, store: _Store, keys: list[str], compute, *, batch_size: int, progress: bool, unit: str) -> np.ndarray:
+        """Rows of ``keys``: cached ones read, missing ones computed by ``compute(missing)``, an iterator of
+        (B, dim) arrays in the order of ``missing`` (each stored as it arrives, so an interruption keeps the
+        finished batches)."""
         found = store.get(keys)
         missing = [k for k in dict.fromkeys(keys) if k not in found]
         self.last_reused = len(set(keys)) - len(missing)
@@ -250,12 +254,16 @@ class FeatureCache:
 
             log.info("feature cache %s: computing %d, reusing %d", store.folder, len(missing), self.last_reused)
             with tqdm(total=len(missing), unit=unit, disable=not progress, leave=False) as bar:
-                for batch in _chunks(missing, batch_size):
-                    vecs = compute(list(batch))
+                done = 0
+                for vecs in compute(missing):
+                    batch = missing[done:done + len(vecs)]
                     store.put(batch, vecs)
                     found.update(zip(batch, vecs))
+                    done += len(batch)
                     self.last_computed += len(batch)
                     bar.update(len(batch))
+                if done != len(missing):
+                    raise RuntimeError(f"feature cache {store.folder}: the encoder returned {done} rows for {len(missing)}")
         if not keys:
             return np.zeros((0, store.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
@@ -279,15 +287,20 @@ class FeatureCache:
         for p, k in zip(paths, keys):
             first_path.setdefault(k, p)
 
-        def compute(batch: list[str]) -> np.ndarray:
+        def load(k: str):
             from entrep.data.augment import apply_view
             from entrep.data.images import load_rgb
 
-            imgs = []
-            for k in batch:
-                im = load_rgb(first_path[k])
-                imgs.append(im if view == "orig" else apply_view(im, view, key=pixel_key(im)))
-            return get().encode(imgs, batch_size=len(imgs), normalize=True)
+            im = load_rgb(first_path[k])
+            return im if view == "orig" else apply_view(im, view, key=pixel_key(im))
+
+        def compute(missing: list[str]):
+            enc = get()
+            if hasattr(enc, "iter_encode"):  # decode + preprocess of the next batches overlap the model
+                return enc.iter_encode([functools.partial(load, k) for k in missing], batch_size=batch_size,
+                                       normalize=True)
+            return (enc.encode([load(k) for k in b], batch_size=len(b), normalize=True)
+                    for b in map(list, _chunks(missing, batch_size)))
 
         return self._fill(self._store(encoder, view), keys, compute, batch_size=batch_size, progress=progress,
                           unit="img")
@@ -303,8 +316,10 @@ class FeatureCache:
         for t, k in zip(texts, keys):
             first.setdefault(k, t)
 
-        def compute(batch: list[str]) -> np.ndarray:
-            return get().encode([first[k] for k in batch], batch_size=len(batch), normalize=True)
+        def compute(missing: list[str]):
+            enc = get()
+            return (enc.encode([first[k] for k in b], batch_size=len(b), normalize=True)
+                    for b in map(list, _chunks(missing, batch_size)))
 
         return self._fill(self._store(encoder, "text"), keys, compute, batch_size=batch_size, progress=progress,
                           unit="text")
