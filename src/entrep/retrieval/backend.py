@@ -226,6 +226,8 @@ def id_bitmap(mask: np.ndarray, ids: np.ndarray, next_id: int, keep: list, *, by
     """
     if by_row:
         bits, size = mask, len(mask)
+    elif len(ids) == next_id and (not len(ids) or (ids[0] == 0 and ids[-1] == next_id - 1)):
+        bits, size = mask, next_id  # ids are 0..n-1 in row order (increasing, none removed): ids == rows
     else:
         bits = np.zeros(next_id, dtype=bool)
         bits[ids[mask]] = True
