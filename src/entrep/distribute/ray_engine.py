@@ -56,7 +56,10 @@ class RayEngine:
     def map(self, spec: EmbedSpec, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         """Feature batches for the rows (any order, any batching: group them by the ``shard`` column)."""
         ray = self._init()
-        rows = [dict(zip(b, vals)) for b in batches for vals in zip(*b.values())]
+        # plain Python values: numpy scalars (np.str_) become Arrow tensor columns in some blocks and string
+        # columns in others, which Ray then cannot concatenate (seen at 2,000 images, 256-row shards)
+        rows = [{k: v.item() if isinstance(v, np.generic) else v for k, v in zip(b, vals)}
+                for b in batches for vals in zip(*b.values())]
         if not rows:
             return
         resources = ray.cluster_resources()
