@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from entrep.classify.hybrid import HybridDecision
-from entrep.classify.policy import InferencePolicy, Structure, SystemOutputs, apply_policy
+from entrep.classify.policy import InferencePolicy, Structure, SystemOutputs
 from entrep.config import FitConfig
 from entrep.data.records import Dataset
 from entrep.errors import ModelError, UserError
@@ -337,22 +337,11 @@ class EnsembleModel:
 
     def predict(self, images: Sequence) -> list[dict]:
         """Predictions in the `predict --json` schema; ``source`` is ``ensemble``."""
+        from entrep.model.model import prediction_rows
+
         images = list(images)
         dec, _ = self.predict_features(self.image_features(images))
-        t = self.taxonomy
-        results = []
-        for i, img in enumerate(images):
-            label = t.class_name(int(dec.fine[i]))
-            results.append({
-                "image": str(img) if isinstance(img, (str, Path)) else getattr(img, "filename", None) or f"image-{i}",
-                "label": label,
-                "label_id": int(dec.fine[i]),
-                "group": t.group_of(label),
-                "confidence": round(float(dec.confidence[i]), 6),
-                "source": "ensemble",
-                "probabilities": {c: round(float(dec.fine_proba[i, j]), 6) for j, c in enumerate(t.classes)},
-            })
-        return results
+        return prediction_rows(images, dec, self.taxonomy, ["ensemble"] * len(images))
 
     # ---- search, evaluation, files ----------------------------------------------------------
     def search_image(self, image, *, k: int = 10, filter: str | None = None, hide_names: bool = False) -> dict:
@@ -421,13 +410,9 @@ def evaluate_ensemble(model: EnsembleModel, data, *, stage: Stage = _noop) -> tu
         from entrep.data.readers import read_dataset
 
         data = read_dataset(data, tax)
-    if data.taxonomy.classes != tax.classes:
-        raise UserError(
-            f"{data.source}: its classes {list(data.taxonomy.classes)} differ from the model's {list(tax.classes)}")
-    missing = [r.name for r in data.records if r.label is None]
-    if missing:
-        raise UserError(f"{data.source or 'data'}: {len(missing)} images have no label (first: {missing[0]}); "
-                        "evaluation needs labels")
+    from entrep.model.evaluate import check_labelled
+
+    check_labelled(data, tax)
     names, groups = list(tax.classes), list(tax.group_names)
     y = [r.label for r in data.records]
     y_group = [tax.group_of(v) for v in y]

@@ -65,12 +65,8 @@ def _best_hybrid(model: EntrepModel):
     return best_candidate(sel, "hybrid") or InferencePolicy(threshold=model.config.threshold)
 
 
-def evaluate(model: EntrepModel, data: Dataset, *, stage: Stage = _noop) -> tuple[dict, dict]:
-    """Score every system on ``data``. Returns (evaluation dict in the GUIDE schema, artefacts for plots)."""
-    from entrep.report.metrics import classification_summary
-    from entrep.retrieval.search import evaluate_retrieval
-
-    tax = model.taxonomy
+def check_labelled(data: Dataset, tax) -> None:
+    """Evaluation data must have the model's classes and a label on every image (one UserError otherwise)."""
     if data.taxonomy.classes != tax.classes:
         raise UserError(
             f"{data.source}: its classes {list(data.taxonomy.classes)} differ from the model's {list(tax.classes)}")
@@ -78,6 +74,15 @@ def evaluate(model: EntrepModel, data: Dataset, *, stage: Stage = _noop) -> tupl
     if missing:
         raise UserError(f"{data.source or 'data'}: {len(missing)} images have no label (first: {missing[0]}); "
                         "evaluation needs labels")
+
+
+def evaluate(model: EntrepModel, data: Dataset, *, stage: Stage = _noop) -> tuple[dict, dict]:
+    """Score every system on ``data``. Returns (evaluation dict in the GUIDE schema, artefacts for plots)."""
+    from entrep.report.metrics import classification_summary
+    from entrep.retrieval.search import evaluate_retrieval
+
+    tax = model.taxonomy
+    check_labelled(data, tax)
     stage("features: evaluation images")
     feats = image_features(model.extractor, data)
     y = [r.label for r in data.records]

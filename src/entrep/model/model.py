@@ -44,6 +44,23 @@ class ImageFeatures:
         return len(self.head)
 
 
+
+def prediction_rows(images: Sequence, dec: HybridDecision, taxonomy: Taxonomy, sources: Sequence[str]) -> list[dict]:
+    """One `predict --json` row per image (label, group, confidence, which part decided, probabilities)."""
+    results = []
+    for i, img in enumerate(images):
+        label = taxonomy.class_name(int(dec.fine[i]))
+        results.append({
+            "image": str(img) if isinstance(img, (str, Path)) else getattr(img, "filename", None) or f"image-{i}",
+            "label": label,
+            "label_id": int(dec.fine[i]),
+            "group": taxonomy.group_of(label),
+            "confidence": round(float(dec.confidence[i]), 6),
+            "source": sources[i],
+            "probabilities": {c: round(float(dec.fine_proba[i, j]), 6) for j, c in enumerate(taxonomy.classes)},
+        })
+    return results
+
 #: part name -> "module:Class" of its estimator (imported only when a saved model has that part)
 PART_TYPES = {
     "align": "entrep.classify.align:JointAlignment",
@@ -255,20 +272,8 @@ class EntrepModel:
         """Predictions for image paths or PIL images, in the `predict --json` schema (plus probabilities)."""
         images = list(images)
         dec, _ = self.predict_features(self.image_features(images))
-        t = self.taxonomy
-        results = []
-        for i, img in enumerate(images):
-            label = t.class_name(int(dec.fine[i]))
-            results.append({
-                "image": str(img) if isinstance(img, (str, Path)) else getattr(img, "filename", None) or f"image-{i}",
-                "label": label,
-                "label_id": int(dec.fine[i]),
-                "group": t.group_of(label),
-                "confidence": round(float(dec.confidence[i]), 6),
-                "source": "prototype" if bool(dec.from_prototype[i]) else "head",
-                "probabilities": {c: round(float(dec.fine_proba[i, j]), 6) for j, c in enumerate(t.classes)},
-            })
-        return results
+        return prediction_rows(images, dec, self.taxonomy,
+                               ["prototype" if bool(p) else "head" for p in dec.from_prototype])
 
     # ---- search, evaluation, files: the public API of the other stages ------
     def search_image(self, image, *, k: int = 10, filter: str | None = None, hide_names: bool = False) -> dict:
