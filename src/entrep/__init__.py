@@ -12,7 +12,7 @@ Heavy modules (torch, faiss, transformers) are imported only when a function nee
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["EntrepModel", "fit", "load", "review_exam", "__version__"]
 

@@ -276,9 +276,6 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from entrep import __version__
 
-        return version("entrep")
-    except Exception:  # noqa: BLE001 - not installed (running from a source tree)
-        return "0"
+    return __version__
