@@ -301,18 +301,24 @@ def _weights_file(name: str, arch: str, weights) -> tuple[Path, str]:
     return path, str(source)
 
 
+
+def _check_options(name: str, image_size, pooling, rest: dict) -> tuple[str, int, str]:
+    """(timm arch, width, pooling) of a DINOv2 variant, or one UserError for a bad option (builder and describer)."""
+    if rest:
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
+    arch, width = VARIANTS[name]
+    if int(image_size) % 14:
+        raise UserError(f"{name}: image_size {image_size} must be a multiple of the 14-pixel patch (e.g. 224, 518)")
+    return arch, width, check_pooling(pooling or "grid2", TOKEN_POOLINGS)
+
+
 def build_dinov2(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
                  return_layers=None, model_kwargs: dict | None = None, **rest) -> DinoV2Encoder:
     """Build a DINOv2 encoder. ``model_kwargs`` overrides timm architecture arguments
     (e.g. ``embed_dim``/``depth``/``num_heads`` for a non-standard checkpoint)."""
     import timm
 
-    if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
-    arch, width = VARIANTS[name]
-    if int(image_size) % 14:
-        raise UserError(f"{name}: image_size {image_size} must be a multiple of the 14-pixel patch (e.g. 224, 518)")
-    pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
+    arch, width, pooling = _check_options(name, image_size, pooling, rest)
     path, source = _weights_file(name, arch, weights)
     kwargs = dict(model_kwargs or {})
     model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=int(image_size), **kwargs)
@@ -350,14 +356,9 @@ def describe_dinov2(name: str, *, weights=None, pooling=None, device=None, preci
     """
     from entrep.encoders.base import resolve_device, resolve_precision
 
-    if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
+    arch, width, pooling = _check_options(name, image_size, pooling, rest)
     if return_layers:
         return None
-    arch, width = VARIANTS[name]
-    if int(image_size) % 14:
-        raise UserError(f"{name}: image_size {image_size} must be a multiple of the 14-pixel patch (e.g. 224, 518)")
-    pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
     path, source = _weights_file(name, arch, weights)
     kwargs = dict(model_kwargs or {})
     width = int(kwargs.get("embed_dim", width))
