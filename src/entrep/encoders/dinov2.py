@@ -301,7 +301,6 @@ def _weights_file(name: str, arch: str, weights) -> tuple[Path, str]:
     return path, str(source)
 
 
-
 def _check_options(name: str, image_size, pooling, rest: dict) -> tuple[str, int, str]:
     """(timm arch, width, pooling) of a DINOv2 variant, or one UserError for a bad option (builder and describer)."""
     if rest:
