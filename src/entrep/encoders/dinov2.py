@@ -301,6 +301,24 @@ def _weights_file(name: str, arch: str, weights) -> tuple[Path, str]:
     return path, str(source)
 
 
+DINOV2_LICENCE = "Apache-2.0 (DINOv2); check the licence of domain checkpoints such as SurgeNet"
+
+
+def vit_config(name: str, arch: str, image_size, pooling: str, width: int, source: str, licence: str,
+               model_kwargs: dict, layers: list[int] | None = None) -> ImageEncoderConfig:
+    """The config of a timm ViT encoder (DINOv2, GastroNet, EndoViT): built and described alike.
+
+    ``layers`` (class tokens of those blocks, concatenated) replaces the token pooling.
+    """
+    if layers:
+        pooling, dim = "cls-layers:" + ",".join(map(str, layers)), len(layers) * width
+    else:
+        dim = pooled_dim(pooling, width)
+    return ImageEncoderConfig(
+        name=name, dim=dim, image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        weights=source, pooling=pooling, width=width, interpolation="bicubic", licence=licence,
+        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(model_kwargs.items())) or None}))
+
 def _check_options(name: str, image_size, pooling, rest: dict) -> tuple[str, int, str]:
     """(timm arch, width, pooling) of a DINOv2 variant, or one UserError for a bad option (builder and describer)."""
     if rest:
@@ -324,15 +342,7 @@ def build_dinov2(name: str, *, weights=None, pooling=None, device=None, precisio
     report = load_dinov2_weights(model, path)
     width = int(model.num_features)
     layers = check_layers(return_layers, len(model.blocks)) if return_layers else None
-    if layers:
-        pooling_name, dim = "cls-layers:" + ",".join(map(str, layers)), len(layers) * width
-    else:
-        pooling_name, dim = pooling, pooled_dim(pooling, width)
-    config = ImageEncoderConfig(
-        name=name, dim=dim, image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        weights=source, pooling=pooling_name, width=width, interpolation="bicubic",
-        licence="Apache-2.0 (DINOv2); check the licence of domain checkpoints such as SurgeNet",
-        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(kwargs.items())) or None}))
+    config = vit_config(name, arch, image_size, pooling, width, source, DINOV2_LICENCE, kwargs, layers)
     return DinoV2Encoder(config, model, return_layers=layers, report=report, device=device, precision=precision,
                          weights_digest=file_digest(path))
 
@@ -360,12 +370,8 @@ def describe_dinov2(name: str, *, weights=None, pooling=None, device=None, preci
         return None
     path, source = _weights_file(name, arch, weights)
     kwargs = dict(model_kwargs or {})
-    width = int(kwargs.get("embed_dim", width))
-    config = ImageEncoderConfig(
-        name=name, dim=pooled_dim(pooling, width), image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN,
-        std=IMAGENET_STD, weights=source, pooling=pooling, width=width, interpolation="bicubic",
-        licence="Apache-2.0 (DINOv2); check the licence of domain checkpoints such as SurgeNet",
-        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(kwargs.items())) or None}))
+    config = vit_config(name, arch, image_size, pooling, int(kwargs.get("embed_dim", width)), source,
+                        DINOV2_LICENCE, kwargs)
     return config, file_digest(path), resolve_precision(precision, resolve_device(device)), DinoV2Encoder.__name__
 
 

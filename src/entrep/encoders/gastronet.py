@@ -25,17 +25,15 @@ from pathlib import Path
 
 import torch
 
-from entrep.encoders.config import ImageEncoderConfig, options_tuple
 from entrep.encoders.dinov2 import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DinoV2Encoder,
     LoadReport,
     resample_pos_embed,
     strip_common_prefixes,
     unwrap_checkpoint,
+    vit_config,
 )
-from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
+from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling
 from entrep.encoders.registry import IMAGE, register_image_encoder
 from entrep.encoders.resolver import (
     choose_source,
@@ -146,14 +144,7 @@ def build_domain_vit(name: str, arch: str, loader, *, weights, pooling, device, 
     report = loader(model, path)
     width = int(model.num_features)
     layers = check_layers(return_layers, len(model.blocks)) if return_layers else None
-    if layers:
-        pooling_name, dim = "cls-layers:" + ",".join(map(str, layers)), len(layers) * width
-    else:
-        pooling_name, dim = pooling, pooled_dim(pooling, width)
-    config = ImageEncoderConfig(
-        name=name, dim=dim, image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        weights=source, pooling=pooling_name, width=width, interpolation="bicubic", licence=licence,
-        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(kwargs.items())) or None}))
+    config = vit_config(name, arch, image_size, pooling, width, source, licence, kwargs, layers)
     return DomainViTEncoder(config, model, return_layers=layers, report=report, device=device, precision=precision,
                             weights_digest=file_digest(path))
 
@@ -188,11 +179,8 @@ def describe_domain_vit(name: str, arch: str, *, weights, pooling, device, preci
     pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
     path, source = weights_path(name, weights, example)
     kwargs = dict(model_kwargs or {})
-    width = int(kwargs.get("embed_dim", ARCH_WIDTH[arch]))
-    config = ImageEncoderConfig(
-        name=name, dim=pooled_dim(pooling, width), image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN,
-        std=IMAGENET_STD, weights=source, pooling=pooling, width=width, interpolation="bicubic", licence=licence,
-        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(kwargs.items())) or None}))
+    config = vit_config(name, arch, image_size, pooling, int(kwargs.get("embed_dim", ARCH_WIDTH[arch])), source,
+                        licence, kwargs)
     return config, file_digest(path), resolve_precision(precision, resolve_device(device)), DomainViTEncoder.__name__
 
 
