@@ -403,14 +403,13 @@ def evaluate_ensemble(model: EnsembleModel, data, *, stage: Stage = _noop) -> tu
     over the members) and ``member-1`` .. ``member-K`` (each member alone, under its own policy).
     """
     from entrep.report.metrics import classification_summary, fine_and_coarse_summary
-    from entrep.retrieval.search import evaluate_retrieval
 
     tax = model.taxonomy
     if isinstance(data, (str, Path)):
         from entrep.data.readers import read_dataset
 
         data = read_dataset(data, tax)
-    from entrep.model.evaluate import check_labelled
+    from entrep.model.evaluate import check_labelled, model_and_data, retrieval_scores
 
     check_labelled(data, tax)
     names, groups = list(tax.classes), list(tax.group_names)
@@ -459,20 +458,9 @@ def evaluate_ensemble(model: EnsembleModel, data, *, stage: Stage = _noop) -> tu
                      "member_policies": [m.policy.name for m in model.members]},
         "policy": {"chosen": model.policy.name, "policy": model.policy.to_dict(),
                    "validation": {f"member-{m['member']}": m["validation_accuracy"] for m in tr.get("members", [])}},
-        "model": {
-            "kind": KIND, "k": model.k,
-            "profile": getattr(model.profile, "name", str(model.profile)),
-            "taxonomy": tax.name,
-            "encoders": {k: v.get("name") for k, v in model.encoders.items() if isinstance(v, dict)},
-            "trained_on": tr.get("n_train"),
-        },
-        "data": {"source": "(hidden)", "n_images": len(data), "class_counts": {c: sum(v == c for v in y) for c in names}},
+        **model_and_data(model, data, y, names, tr.get("n_train"), kind=KIND, k=model.k),
     }
-    stage("retrieval: image->image and text->image, leave-one-out")
-    evaluation["retrieval"] = evaluate_retrieval(model, data, feats, dec)
-    approx = getattr(model.gallery, "approximation", None) if model.gallery is not None else None
-    if approx:
-        evaluation["retrieval"]["index"] = approx
+    evaluation["retrieval"] = retrieval_scores(model, data, feats, dec, stage)
     artefacts = {
         "confusions": confusions,
         "embeddings": {"joint space": (model.joint_images(feats.clip), y, y_group),

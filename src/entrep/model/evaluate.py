@@ -76,10 +76,35 @@ def check_labelled(data: Dataset, tax) -> None:
                         "evaluation needs labels")
 
 
+def model_and_data(model, data: Dataset, y: list, names: list, trained_on, **model_extra) -> dict:
+    """The evaluation's ``model`` and ``data`` entries (single models and ensembles)."""
+    return {
+        "model": {
+            **model_extra,
+            "profile": getattr(model.profile, "name", str(model.profile)),
+            "taxonomy": model.taxonomy.name,
+            "encoders": {k: v.get("name") for k, v in model.encoders.items() if isinstance(v, dict)},
+            "trained_on": trained_on,
+        },
+        "data": {"source": "(hidden)", "n_images": len(data), "class_counts": {c: sum(v == c for v in y) for c in names}},
+    }
+
+
+def retrieval_scores(model, data: Dataset, feats, decision, stage: Stage = _noop) -> dict:
+    """Leave-one-out image->image and text->image scores, plus the gallery index's build-time recall."""
+    from entrep.retrieval.search import evaluate_retrieval
+
+    stage("retrieval: image->image and text->image, leave-one-out")
+    out = evaluate_retrieval(model, data, feats, decision)
+    approx = getattr(model.gallery, "approximation", None) if model.gallery is not None else None
+    if approx:
+        out["index"] = approx
+    return out
+
+
 def evaluate(model: EntrepModel, data: Dataset, *, stage: Stage = _noop) -> tuple[dict, dict]:
     """Score every system on ``data``. Returns (evaluation dict in the GUIDE schema, artefacts for plots)."""
     from entrep.report.metrics import classification_summary
-    from entrep.retrieval.search import evaluate_retrieval
 
     tax = model.taxonomy
     check_labelled(data, tax)
@@ -122,19 +147,9 @@ def evaluate(model: EntrepModel, data: Dataset, *, stage: Stage = _noop) -> tupl
         },
         "policy": {"chosen": pol.name, "policy": pol.to_dict(),
                    "validation": (model.training or {}).get("policy_selection", {}).get("validation_accuracy", {})},
-        "model": {
-            "profile": getattr(model.profile, "name", str(model.profile)),
-            "taxonomy": tax.name,
-            "encoders": {k: v.get("name") for k, v in model.encoders.items() if isinstance(v, dict)},
-            "trained_on": model.training.get("n_train"),
-        },
-        "data": {"source": "(hidden)", "n_images": len(data), "class_counts": {c: sum(v == c for v in y) for c in names}},
+        **model_and_data(model, data, y, names, model.training.get("n_train")),
     }
-    stage("retrieval: image->image and text->image, leave-one-out")
-    evaluation["retrieval"] = evaluate_retrieval(model, data, feats, chosen)
-    approx = getattr(model.gallery, "approximation", None) if model.gallery is not None else None
-    if approx:
-        evaluation["retrieval"]["index"] = approx
+    evaluation["retrieval"] = retrieval_scores(model, data, feats, chosen, stage)
     y_group = [tax.group_of(v) for v in y]
     artefacts = {
         "confusions": confusions,
