@@ -33,13 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from entrep.encoders.config import ImageEncoderConfig, TextEncoderConfig
+from entrep.encoders.config import ENCODER_CODE_VERSION, ImageEncoderConfig, TextEncoderConfig  # noqa: F401
 from entrep.errors import UserError
 
 log = logging.getLogger(__name__)
-
-#: bump when preprocessing or pooling code changes what vectors come out
-ENCODER_CODE_VERSION = 1
 
 _INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 

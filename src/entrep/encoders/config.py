@@ -11,6 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+#: bump when preprocessing or pooling code changes what vectors come out (part of every fingerprint)
+ENCODER_CODE_VERSION = 1
+
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
@@ -96,8 +99,6 @@ def encoder_fingerprint(config: ImageEncoderConfig | TextEncoderConfig | dict, w
     both call this, so they agree by construction."""
     import hashlib
     import json
-
-    from entrep.encoders.base import ENCODER_CODE_VERSION
 
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # a saved config.to_dict() works too
     obj = {"config": cfg, "weights": weights_digest, "precision": precision,
