@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: bump when preprocessing or pooling code changes what vectors come out (part of every fingerprint)
-ENCODER_CODE_VERSION = 1
+ENCODER_CODE_VERSION = 2
 
 
 @dataclass(frozen=True)
