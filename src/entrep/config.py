@@ -7,6 +7,7 @@ Example::
     seed: 0
     n_aug: 2                  # augmented views per training image (plus their flips)
     threshold: 0.99           # prototype confidence threshold of the hybrid (the paper's)
+    fusion: linear            # prototypes over z = s*v + (1-s)*u (the paper's eq. 2), or slerp(v, u, 0.5)
     head: {lr: 0.001, max_epochs: 100, patience: 10, batch_size: 64}
     align: {dim: 256}
     retrieval: {space: concat, filter: fine, ranking: soft}
@@ -29,6 +30,7 @@ from entrep.errors import UserError
 
 I2I_SPACES = ("joint", "head", "concat", "metric")
 from entrep.retrieval.filters import FILTERS as I2I_FILTERS  # noqa: E402 - the one tuple of filter names
+from entrep.classify.fusion import FUSIONS  # noqa: E402 - the one tuple of image-text fusion names
 FINETUNE_METHODS = ("none", "lora", "partial")
 RUNTIMES = ("auto", "torch", "onnx")  # image-encoder runtime: auto = ONNX Runtime on CPU when it exports, else torch
 RANKINGS = ("soft", "hard")  # class-aware image search: soft = similarity + class probability, hard = filter
@@ -146,6 +148,7 @@ class FitConfig:
     n_aug: int = 2
     flip_views: bool = True
     threshold: float = 0.99
+    fusion: str = "linear"  # linear | slerp: how image and text rows are fused before the prototypes
     val_fraction: float = 0.1
     batch_size: int = 32
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -164,6 +167,7 @@ class FitConfig:
             "n_aug": (self.n_aug, _pos(self.n_aug, integer=True, zero=True)),
             "flip_views": (self.flip_views, "" if isinstance(self.flip_views, bool) else "must be true or false"),
             "threshold": (self.threshold, "" if num(self.threshold) and 0.0 <= self.threshold <= 1.0 else "must be in [0, 1]"),
+            "fusion": (self.fusion, "" if self.fusion in FUSIONS else f"must be one of {FUSIONS}"),
             "val_fraction": (self.val_fraction,
                              "" if num(self.val_fraction) and 0.0 < self.val_fraction < 0.5 else "must be in (0, 0.5)"),
             "batch_size": (self.batch_size, _pos(self.batch_size, integer=True)),

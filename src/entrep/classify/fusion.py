@@ -10,6 +10,10 @@ are ``(N, D)`` arrays, or ``(D,)`` vectors that broadcast against them.
 BiomedCLIP embeddings are unit-norm; so inputs need not be normalised. The
 fused ``z`` itself is *not* re-normalised (eq. 2 as written); everything
 downstream compares by cosine, so its length does not matter there.
+
+:func:`fuse_by` names the fusion the prototypes are built over (``FitConfig.fusion``):
+``linear`` is eq. 2, ``slerp`` the unit-norm midpoint ``slerp(v, u, 0.5)`` on the
+great circle from image to text (issue 10; docs/finetune.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import numpy as np
 
 from entrep.classify._common import FeatureError
 
-__all__ = ["l2_normalize", "alignment_weight", "fuse", "slerp"]
+__all__ = ["FUSIONS", "SLERP_T", "l2_normalize", "alignment_weight", "fuse", "slerp", "fuse_by"]
+
+SLERP_T = 0.5  # fusion "slerp": halfway from the image vector (t=0) to the text vector (t=1)
 
 
 def _float(X: object) -> np.ndarray:
@@ -92,3 +98,20 @@ def slerp(a: object, b: object, t: object) -> np.ndarray:
     wb = t_arr * np.sinc(t_arr * omega / np.pi) / sin_omega_over
     out = wa * an + wb * bn
     return l2_normalize(out).astype(an.dtype, copy=False)
+
+
+#: Fusions of image and text rows by name (``FitConfig.fusion``); each maps (v, u) -> fused rows.
+_FUSIONS = {
+    "linear": fuse,
+    "slerp": lambda v, u: slerp(v, u, SLERP_T),
+}
+FUSIONS = tuple(_FUSIONS)
+
+
+def fuse_by(method: str, v: object, u: object) -> np.ndarray:
+    """Fused rows of ``v`` (image) and ``u`` (text) by the fusion named ``method`` (one of :data:`FUSIONS`)."""
+    try:
+        f = _FUSIONS[method]
+    except (KeyError, TypeError):
+        raise FeatureError(f"unknown fusion {method!r}; valid: {', '.join(FUSIONS)}") from None
+    return f(v, u)

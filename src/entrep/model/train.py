@@ -162,13 +162,15 @@ def joint_space(extractor, train: Dataset, views: ViewFeatures, profile, cfg: Fi
     return align, project_i(V), project_t(U[: len(V)])  # the unflipped images' texts come first
 
 
-def prototypes(v_joint: np.ndarray, u_joint: np.ndarray, y: np.ndarray, taxonomy, stage: Stage):
-    """Fine and group prototypes over fused embeddings z = s*v + (1-s)*u (the paper's eq. 2)."""
-    from entrep.classify.fusion import fuse
+def prototypes(v_joint: np.ndarray, u_joint: np.ndarray, y: np.ndarray, taxonomy, stage: Stage,
+               fusion: str = "linear"):
+    """Fine and group prototypes over fused image-text rows: ``linear`` z = s*v + (1-s)*u (the paper's
+    eq. 2) or ``slerp`` z = slerp(v, u, 0.5) (``FitConfig.fusion``)."""
+    from entrep.classify.fusion import fuse_by
     from entrep.classify.prototypes import PrototypeClassifier
 
-    stage("prototypes: one per class and one per group")
-    z = fuse(v_joint, u_joint)
+    stage(f"prototypes: one per class and one per group ({fusion} fusion)")
+    z = fuse_by(fusion, v_joint, u_joint)
     fine = PrototypeClassifier().fit(z, y, classes=list(range(taxonomy.n_classes)))
     group = None
     if taxonomy.hierarchical:
@@ -323,7 +325,7 @@ def fit(data: Dataset, *, val: Dataset | None = None, config: FitConfig | None =
     vy = np.array([tax.class_id(r.label) for r in val.records])
     y = np.array([tax.class_id(r.label) for r in train.records])
     align, v_joint, u_joint = joint_space(extractor, train, views, prof, cfg, stage)
-    proto_fine, proto_group = prototypes(v_joint, u_joint, y, tax, stage)
+    proto_fine, proto_group = prototypes(v_joint, u_joint, y, tax, stage, fusion=cfg.fusion)
     baseline, group_head, within = heads(views, val_feats, vy, tax, cfg, stage)
     metric = None
     train_feats = image_features(extractor, train, flips=False)  # cached: the training views' "orig"
