@@ -172,10 +172,16 @@ class OnnxForward:
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.threads = so.intra_op_num_threads
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        a = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+    def run(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(B, dim) float32 outputs of a (B, 3, H, W) batch; a float32 C-contiguous array goes in uncopied."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().to("cpu", torch.float32).numpy()
+        a = np.ascontiguousarray(x, dtype=np.float32)
         (y,) = self.session.run([self.output_name], {self.input_name: a})
-        return torch.from_numpy(y)
+        return y
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(x))
 
 
 def check_equal(encoder, runner: OnnxForward, n: int = PROBE_CHECK_BATCH) -> float:
