@@ -6,16 +6,33 @@
 
 Registered names: :func:`list_encoders`. Weights sources: see
 :mod:`entrep.encoders.resolver`. Pooling: :mod:`entrep.encoders.pooling`.
+
+Importing this package does not import torch or any model library: the
+registrations, configs and describers live in the torch-free ``*_spec``
+modules, and each builder module (``effnet``, ``minilm``, ``openclip``,
+``dinov2``, ``gastronet``, ``endovit``; torch at module level) is imported by
+the first :func:`build_image_encoder` / :func:`build_text_encoder` that needs
+it. ``ImageEncoder`` and ``TextEncoder`` are imported from
+:mod:`entrep.encoders.base` when first used.
 """
 
 from __future__ import annotations
 
-from entrep.encoders import dinov2, effnet, minilm, openclip  # noqa: F401  (register builders)
-from entrep.encoders import endovit, gastronet  # noqa: F401  (domain backbones from local files)
-from entrep.encoders.base import ImageEncoder, TextEncoder
+from entrep.encoders import effnet_spec, minilm_spec, openclip_spec, vit_spec  # noqa: F401  (register encoders)
 from entrep.encoders.config import EncoderInfo, ImageEncoderConfig, TextEncoderConfig, encoder_fingerprint
 from entrep.encoders.pooling import flip_pooled, pooled_dim
 from entrep.encoders.registry import IMAGE, TEXT, register_image_encoder, register_text_encoder
+
+_FROM_BASE = ("ImageEncoder", "TextEncoder")
+
+
+def __getattr__(name: str):
+    """``ImageEncoder`` / ``TextEncoder`` (torch) on first use, so that importing the package stays torch-free."""
+    if name in _FROM_BASE:
+        from entrep.encoders import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_encoders(pattern: str = "*", *, kind: str | None = None, aliases: bool = False) -> list[str]:
@@ -31,7 +48,8 @@ def list_encoders(pattern: str = "*", *, kind: str | None = None, aliases: bool 
     return sorted({n for r in regs for n in r.names(pattern, aliases=aliases)})
 
 
-def build_image_encoder(name: str, *, weights=None, pooling: str | None = None, device=None, **options) -> ImageEncoder:
+def build_image_encoder(name: str, *, weights=None, pooling: str | None = None, device=None,
+                        **options) -> "ImageEncoder":
     """Build a registered image encoder. ``weights``: a source string (default: the encoder's own,
     or ``$ENTREP_WEIGHTS_<NAME>``); ``pooling``: see :mod:`entrep.encoders.pooling`;
     ``device``: cuda/mps/cpu/auto; other options go to the builder (e.g. ``precision``,
@@ -40,7 +58,7 @@ def build_image_encoder(name: str, *, weights=None, pooling: str | None = None, 
     return IMAGE.entry(canonical).builder(canonical, weights=weights, pooling=pooling, device=device, **options)
 
 
-def build_text_encoder(name: str, *, weights=None, device=None, **options) -> TextEncoder:
+def build_text_encoder(name: str, *, weights=None, device=None, **options) -> "TextEncoder":
     """Build a registered text encoder (see :func:`build_image_encoder`)."""
     canonical = TEXT.canonical(name)
     return TEXT.entry(canonical).builder(canonical, weights=weights, device=device, **options)

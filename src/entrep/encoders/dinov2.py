@@ -36,25 +36,22 @@ import numpy as np
 import torch
 
 from entrep.encoders.base import ImageEncoder
-from entrep.encoders.config import ImageEncoderConfig, options_tuple
-from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
-from entrep.encoders.registry import IMAGE, register_image_encoder
-from entrep.encoders.resolver import (
-    choose_source,
-    file_digest,
-    find_weights_file,
-    how_to_point,
-    hub_files,
-    load_checkpoint_file,
-    require_file,
-)
+from entrep.encoders.resolver import file_digest, load_checkpoint_file
 from entrep.encoders.vit import check_layers, layer_cls, pooled_tokens, timm_vit_parts
-from entrep.errors import UserError, WeightsError
+from entrep.encoders.vit_spec import (  # noqa: F401  (re-exported: the torch-free half of this module)
+    DINOV2_LICENCE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VARIANTS,
+    describe_dinov2,
+    dinov2_options,
+    dinov2_weights_file,
+    vit_config,
+)
+from entrep.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: wrapper keys, in order of preference (the DINO teacher is the evaluation model)
 WRAPPERS = ("teacher", "model", "state_dict", "student", "module")
 #: key prefixes stripped when every remaining key carries them
@@ -62,19 +59,6 @@ PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
 #: keys dropped by name, with the reason
 TRAINING_ONLY = {"mask_token": "training-only masked-image-modelling token"}
 TRAINING_HEADS = ("dino_head.", "ibot_head.", "dino_loss.", "ibot_patch_loss.", "koleo_loss.")
-
-#: registered name -> (timm architecture, feature width)
-VARIANTS = {
-    "dinov2-vits14": ("vit_small_patch14_dinov2", 384),
-    "dinov2-vitb14": ("vit_base_patch14_dinov2", 768),
-    "dinov2-vitl14": ("vit_large_patch14_dinov2", 1024),
-    "dinov2-vitg14": ("vit_giant_patch14_dinov2", 1536),
-    "dinov2-vits14-reg4": ("vit_small_patch14_reg4_dinov2", 384),
-    "dinov2-vitb14-reg4": ("vit_base_patch14_reg4_dinov2", 768),
-    "dinov2-vitl14-reg4": ("vit_large_patch14_reg4_dinov2", 1024),
-    "dinov2-vitg14-reg4": ("vit_giant_patch14_reg4_dinov2", 1536),
-}
-
 
 @dataclass
 class LoadReport:
@@ -285,58 +269,14 @@ class DinoV2Encoder(ImageEncoder):
         return encode_layers(self, images, layers, batch_size=batch_size, normalize=normalize)
 
 
-def _weights_file(name: str, arch: str, weights) -> tuple[Path, str]:
-    source = choose_source(name, weights, f"hf-hub:timm/{arch}.lvd142m")
-    example = f"/path/to/{arch}.pth"
-    if source.kind == "hf-hub":
-        path = hub_files(source.location, [], any_of=["model.safetensors", "pytorch_model.bin"],
-                         encoder_name=name, example=example)["*"]
-    elif source.kind == "file":
-        path = require_file(source, what=name)
-    elif source.kind == "local-dir":
-        path = find_weights_file(Path(source.location), ("model.safetensors", "pytorch_model.bin"), what=name)
-    else:
-        raise WeightsError(f"{name}: weights source {source} is not a hub repo, folder or file; "
-                           f"{how_to_point(name, example)}")
-    return path, str(source)
-
-
-DINOV2_LICENCE = "Apache-2.0 (DINOv2); check the licence of domain checkpoints such as SurgeNet"
-
-
-def vit_config(name: str, arch: str, image_size, pooling: str, width: int, source: str, licence: str,
-               model_kwargs: dict, layers: list[int] | None = None) -> ImageEncoderConfig:
-    """The config of a timm ViT encoder (DINOv2, GastroNet, EndoViT): built and described alike.
-
-    ``layers`` (class tokens of those blocks, concatenated) replaces the token pooling.
-    """
-    if layers:
-        pooling, dim = "cls-layers:" + ",".join(map(str, layers)), len(layers) * width
-    else:
-        dim = pooled_dim(pooling, width)
-    return ImageEncoderConfig(
-        name=name, dim=dim, image_size=(int(image_size), int(image_size)), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        weights=source, pooling=pooling, width=width, interpolation="bicubic", licence=licence,
-        architecture=arch, options=options_tuple({"model_kwargs": tuple(sorted(model_kwargs.items())) or None}))
-
-def _check_options(name: str, image_size, pooling, rest: dict) -> tuple[str, int, str]:
-    """(timm arch, width, pooling) of a DINOv2 variant, or one UserError for a bad option (builder and describer)."""
-    if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
-    arch, width = VARIANTS[name]
-    if int(image_size) % 14:
-        raise UserError(f"{name}: image_size {image_size} must be a multiple of the 14-pixel patch (e.g. 224, 518)")
-    return arch, width, check_pooling(pooling or "grid2", TOKEN_POOLINGS)
-
-
 def build_dinov2(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
                  return_layers=None, model_kwargs: dict | None = None, **rest) -> DinoV2Encoder:
     """Build a DINOv2 encoder. ``model_kwargs`` overrides timm architecture arguments
     (e.g. ``embed_dim``/``depth``/``num_heads`` for a non-standard checkpoint)."""
     import timm
 
-    arch, width, pooling = _check_options(name, image_size, pooling, rest)
-    path, source = _weights_file(name, arch, weights)
+    arch, width, pooling = dinov2_options(name, image_size, pooling, rest)
+    path, source = dinov2_weights_file(name, arch, weights)
     kwargs = dict(model_kwargs or {})
     model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=int(image_size), **kwargs)
     report = load_dinov2_weights(model, path)
@@ -345,35 +285,3 @@ def build_dinov2(name: str, *, weights=None, pooling=None, device=None, precisio
     config = vit_config(name, arch, image_size, pooling, width, source, DINOV2_LICENCE, kwargs, layers)
     return DinoV2Encoder(config, model, return_layers=layers, report=report, device=device, precision=precision,
                          weights_digest=file_digest(path))
-
-
-def _register(name: str, arch: str) -> None:
-    register_image_encoder(name, aliases=(f"{arch}.lvd142m",),
-                           summary=f"DINOv2 {arch} (timm), laterality pooling; raw/SurgeNet checkpoints")(build_dinov2)
-
-
-for _name, (_arch, _w) in VARIANTS.items():
-    _register(_name, _arch)
-
-
-def describe_dinov2(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
-                    return_layers=None, model_kwargs: dict | None = None, **rest):
-    """(config, weights digest, precision, kind) of a DINOv2 encoder without importing timm or building it.
-
-    The width is the variant's (or ``model_kwargs["embed_dim"]``, timm's ``num_features`` for a ViT);
-    ``return_layers`` needs the built model's block count (returns None: the caller builds).
-    """
-    from entrep.encoders.base import resolve_device, resolve_precision
-
-    arch, width, pooling = _check_options(name, image_size, pooling, rest)
-    if return_layers:
-        return None
-    path, source = _weights_file(name, arch, weights)
-    kwargs = dict(model_kwargs or {})
-    config = vit_config(name, arch, image_size, pooling, int(kwargs.get("embed_dim", width)), source,
-                        DINOV2_LICENCE, kwargs)
-    return config, file_digest(path), resolve_precision(precision, resolve_device(device)), DinoV2Encoder.__name__
-
-
-for _name in VARIANTS:
-    IMAGE.describer(_name)(describe_dinov2)

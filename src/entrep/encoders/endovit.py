@@ -30,7 +30,7 @@ from entrep.encoders.gastronet import (
     strip_known_prefixes,
     unwrap_dino,
 )
-from entrep.encoders.registry import IMAGE, register_image_encoder
+from entrep.encoders.vit_spec import DOMAIN, OPTIONS
 from entrep.encoders.resolver import load_checkpoint_file
 from entrep.errors import UserError, WeightsError
 
@@ -63,28 +63,13 @@ def load_endovit_weights(model: torch.nn.Module, path: str | Path) -> LoadReport
     return load_strict(model, sd, report, "endovit")
 
 
-@register_image_encoder("endovit-vitb16", aliases=("endovit",),
-                        summary="EndoViT MAE ViT-B/16 endoscopy (local checkpoint file), laterality pooling")
 def build_endovit(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
                   return_layers=None, model_kwargs: dict | None = None, **rest) -> DomainViTEncoder:
-    """``model_kwargs`` overrides timm architecture arguments (embed_dim/depth/num_heads)."""
+    """EndoViT (registered as ``endovit-vitb16`` in :mod:`entrep.encoders.vit_spec`). ``model_kwargs``
+    overrides timm architecture arguments (embed_dim/depth/num_heads)."""
     if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
-    return build_domain_vit(name, "vit_base_patch16_224", load_endovit_weights, weights=weights, pooling=pooling,
-                            device=device, precision=precision, image_size=image_size, return_layers=return_layers,
-                            model_kwargs=model_kwargs, example="/path/to/endovit_mae_vitb16.pth",
-                            licence="check the EndoViT weights' licence (research use)")
-
-
-@IMAGE.describer("endovit-vitb16")
-def describe_endovit(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
-                     return_layers=None, model_kwargs: dict | None = None, **rest):
-    """Fingerprint inputs of EndoViT without timm or building (see gastronet.describe_domain_vit)."""
-    from entrep.encoders.gastronet import describe_domain_vit
-
-    if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
-    return describe_domain_vit(name, "vit_base_patch16_224", weights=weights, pooling=pooling, device=device,
-                               precision=precision, image_size=image_size, return_layers=return_layers,
-                               model_kwargs=model_kwargs, example="/path/to/endovit_mae_vitb16.pth",
-                               licence="check the EndoViT weights' licence (research use)")
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: {OPTIONS}")
+    arch, example, licence = DOMAIN["endovit-vitb16"]
+    return build_domain_vit(name, arch, load_endovit_weights, weights=weights, pooling=pooling, device=device,
+                            precision=precision, image_size=image_size, return_layers=return_layers,
+                            model_kwargs=model_kwargs, example=example, licence=licence)

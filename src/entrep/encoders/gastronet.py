@@ -31,20 +31,20 @@ from entrep.encoders.dinov2 import (
     resample_pos_embed,
     strip_common_prefixes,
     unwrap_checkpoint,
-    vit_config,
 )
 from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling
-from entrep.encoders.registry import IMAGE, register_image_encoder
-from entrep.encoders.resolver import (
-    choose_source,
-    compare_state_dicts,
-    file_digest,
-    find_weights_file,
-    how_to_point,
-    load_checkpoint_file,
-    require_file,
-)
+from entrep.encoders.resolver import compare_state_dicts, file_digest, load_checkpoint_file
 from entrep.encoders.vit import check_layers
+from entrep.encoders.vit_spec import (  # noqa: F401  (re-exported: the torch-free half of this module)
+    ARCH_WIDTH,
+    DOMAIN,
+    OPTIONS,
+    check_patch,
+    describe_domain,
+    describe_domain_vit,
+    vit_config,
+    weights_path,
+)
 from entrep.errors import UserError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -115,27 +115,12 @@ def load_gastronet_weights(model: torch.nn.Module, path: str | Path) -> LoadRepo
     return load_strict(model, sd, report, "gastronet")
 
 
-def weights_path(name: str, weights, example: str) -> tuple[Path, str]:
-    """A local weights file for a domain backbone (file or folder holding one); no download exists."""
-    try:
-        source = choose_source(name, weights, "")
-    except WeightsError:
-        raise WeightsError(f"{name}: no weights given and none can be downloaded; {how_to_point(name, example)}") from None
-    if source.kind == "file":
-        return require_file(source, what=name), str(source)
-    if source.kind == "local-dir":
-        return find_weights_file(Path(source.location), ("model.safetensors", "pytorch_model.bin",
-                                                         "checkpoint.pth", "model.pth"), what=name), str(source)
-    raise WeightsError(f"{name}: weights source {source} is not a local file or folder; {how_to_point(name, example)}")
-
-
 def build_domain_vit(name: str, arch: str, loader, *, weights, pooling, device, precision, image_size: int,
                      return_layers, model_kwargs, licence: str, example: str, patch: int = 16,
                      extra_kwargs: dict | None = None) -> DomainViTEncoder:
     import timm
 
-    if int(image_size) % patch:
-        raise UserError(f"{name}: image_size {image_size} must be a multiple of the {patch}-pixel patch (e.g. 224, 384)")
+    check_patch(name, image_size, patch)
     pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
     path, source = weights_path(name, weights, example)
     kwargs = dict(model_kwargs or {})
@@ -149,47 +134,13 @@ def build_domain_vit(name: str, arch: str, loader, *, weights, pooling, device, 
                             weights_digest=file_digest(path))
 
 
-@register_image_encoder("gastronet-vits16", aliases=("gastronet",),
-                        summary="GastroNet-5M DINO ViT-S/16 (local checkpoint file), laterality pooling")
 def build_gastronet(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
                     return_layers=None, model_kwargs: dict | None = None, **rest) -> DomainViTEncoder:
-    """``model_kwargs`` overrides timm architecture arguments (embed_dim/depth/num_heads) for other sizes."""
+    """GastroNet (registered as ``gastronet-vits16`` in :mod:`entrep.encoders.vit_spec`). ``model_kwargs``
+    overrides timm architecture arguments (embed_dim/depth/num_heads) for other sizes."""
     if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
-    return build_domain_vit(name, "vit_small_patch16_224", load_gastronet_weights, weights=weights, pooling=pooling,
-                            device=device, precision=precision, image_size=image_size, return_layers=return_layers,
-                            model_kwargs=model_kwargs, example="/path/to/gastronet_dino_vits16.pth",
-                            licence="check the GastroNet-5M weights' licence (research use)")
-
-
-#: timm architecture -> its ViT width (``num_features``), for describing without building
-ARCH_WIDTH = {"vit_small_patch16_224": 384, "vit_base_patch16_224": 768}
-
-
-def describe_domain_vit(name: str, arch: str, *, weights, pooling, device, precision, image_size: int,
-                        return_layers, model_kwargs, example: str, licence: str, patch: int = 16):
-    """(config, weights digest, precision, kind) of :func:`build_domain_vit` without timm or building;
-    None with ``return_layers`` (the block count comes from the built model)."""
-    from entrep.encoders.base import resolve_device, resolve_precision
-
-    if return_layers:
-        return None
-    if int(image_size) % patch:
-        raise UserError(f"{name}: image_size {image_size} must be a multiple of the {patch}-pixel patch (e.g. 224, 384)")
-    pooling = check_pooling(pooling or "grid2", TOKEN_POOLINGS)
-    path, source = weights_path(name, weights, example)
-    kwargs = dict(model_kwargs or {})
-    config = vit_config(name, arch, image_size, pooling, int(kwargs.get("embed_dim", ARCH_WIDTH[arch])), source,
-                        licence, kwargs)
-    return config, file_digest(path), resolve_precision(precision, resolve_device(device)), DomainViTEncoder.__name__
-
-
-@IMAGE.describer("gastronet-vits16")
-def describe_gastronet(name: str, *, weights=None, pooling=None, device=None, precision=None, image_size: int = 224,
-                       return_layers=None, model_kwargs: dict | None = None, **rest):
-    if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, image_size, return_layers, model_kwargs")
-    return describe_domain_vit(name, "vit_small_patch16_224", weights=weights, pooling=pooling, device=device,
-                               precision=precision, image_size=image_size, return_layers=return_layers,
-                               model_kwargs=model_kwargs, example="/path/to/gastronet_dino_vits16.pth",
-                               licence="check the GastroNet-5M weights' licence (research use)")
+        raise UserError(f"{name}: unknown options {sorted(rest)}; known: {OPTIONS}")
+    arch, example, licence = DOMAIN["gastronet-vits16"]
+    return build_domain_vit(name, arch, load_gastronet_weights, weights=weights, pooling=pooling, device=device,
+                            precision=precision, image_size=image_size, return_layers=return_layers,
+                            model_kwargs=model_kwargs, example=example, licence=licence)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -42,32 +41,27 @@ import torch
 from entrep.encoders.base import ImageEncoder, TextEncoder
 from entrep.encoders.config import ImageEncoderConfig, TextEncoderConfig, options_tuple
 from entrep.encoders.pooling import TOKEN_POOLINGS, check_pooling, pooled_dim
-from entrep.encoders.registry import IMAGE, TEXT, register_image_encoder, register_text_encoder
-from entrep.encoders.resolver import (
-    WeightsSource,
-    choose_source,
-    find_weights_file,
-    how_to_point,
-    hub_files,
-    offline_mode,
-    require_file,
-    weights_digest,
+from entrep.encoders.openclip_spec import (  # noqa: F401  (re-exported: the torch-free half of this module)
+    BIOMEDCLIP_EXAMPLE,
+    BIOMEDCLIP_HUB,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    LICENCE,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    TEXT_DIR_FILES,
+    family_default,
+    folder_of,
+    prepare_cfg,
+    read_folder,
+    resolve_text_dir,
+    tokenizer_env_var,
 )
+from entrep.encoders.resolver import WeightsSource, choose_source, how_to_point, hub_files, require_file, weights_digest
 from entrep.encoders.vit import check_layers, layer_cls, open_clip_visual_parts, pooled_tokens
 from entrep.errors import UserError, WeightsError
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "open_clip_config.json"
-CHECKPOINTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-               "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth")
-#: what a text-tower folder (BERT config + tokenizer) may hold; config.json and vocab.txt or tokenizer.json needed
-TEXT_DIR_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-BIOMEDCLIP_HUB = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-BIOMEDCLIP_EXAMPLE = "local-dir:/path/to/BiomedCLIP"
-LICENCE = {"biomedclip": "MIT (microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224)"}
 
 
 # ---- loading ---------------------------------------------------------------
@@ -87,49 +81,6 @@ class LoadedClip:
 
 _LOADED: "weakref.WeakValueDictionary[tuple, LoadedClip]" = weakref.WeakValueDictionary()
 _LOAD_LOCK = threading.Lock()
-
-
-def tokenizer_env_var(encoder_name: str) -> str:
-    """``ENTREP_TOKENIZER_DIR_<NAME>``: folder with the text tower's HF config + tokenizer."""
-    from entrep.encoders.resolver import env_var_for
-
-    return env_var_for(encoder_name).replace("ENTREP_WEIGHTS_", "ENTREP_TOKENIZER_DIR_", 1)
-
-
-def _is_text_dir(d: Path) -> bool:
-    if not (d / "config.json").is_file() or not ((d / "vocab.txt").is_file() or (d / "tokenizer.json").is_file()):
-        return False
-    try:
-        return "model_type" in json.loads((d / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-
-
-def resolve_text_dir(hf_name: str, model_folder: Path | None, tokenizer_dir, *, encoder_name: str) -> Path:
-    """Folder with the HF text tower's config.json + tokenizer (see module docstring for the order)."""
-    explicit = tokenizer_dir or os.environ.get(tokenizer_env_var(encoder_name), "").strip() or None
-    if explicit:
-        d = Path(explicit).expanduser().resolve()
-        if not _is_text_dir(d):
-            raise WeightsError(f"{encoder_name}: tokenizer_dir {d} must hold config.json (with model_type) and "
-                               f"vocab.txt or tokenizer.json (copy them from hf-hub:{hf_name})")
-        return d
-    if model_folder is not None and _is_text_dir(model_folder):
-        return model_folder
-    if Path(hf_name).is_dir() and _is_text_dir(Path(hf_name)):
-        return Path(hf_name).resolve()
-    hint = (f"the text tower needs {hf_name}'s config.json, vocab.txt, tokenizer_config.json and "
-            f"special_tokens_map.json: copy them into the model folder or pass tokenizer_dir=/path "
-            f"(or set {tokenizer_env_var(encoder_name)})")
-    try:
-        files = hub_files(hf_name, ["config.json"], optional=["vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                                                              "special_tokens_map.json"],
-                          encoder_name=encoder_name, example=BIOMEDCLIP_EXAMPLE)
-    except WeightsError as e:
-        why = "offline mode is on" if offline_mode() else str(e).split("(", 1)[-1].split(")")[0]
-        raise WeightsError(f"{encoder_name}: cannot get the text tower's config and tokenizer from hf-hub:{hf_name} "
-                           f"({why}); {hint}") from None
-    return files["config.json"].parent
 
 
 def _instantiate(model_cfg: dict, *, what: str) -> torch.nn.Module:
@@ -161,24 +112,6 @@ def load_strict(model: torch.nn.Module, checkpoint: Path, *, what: str) -> None:
     if missing or unexpected:
         raise WeightsError(f"{what}: {checkpoint} does not match the model config: missing {missing[:8]} "
                            f"({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)})")
-
-
-def _prepare_cfg(model_cfg: dict, model_folder: Path | None, tokenizer_dir, *, encoder_name: str,
-                 quick_gelu: bool | None) -> tuple[dict, Path | None]:
-    """Copy of an open_clip model config with no downloads left in it; returns (cfg, text_dir)."""
-    cfg = copy.deepcopy(model_cfg)
-    text_cfg, vision_cfg = cfg.setdefault("text_cfg", {}), cfg.setdefault("vision_cfg", {})
-    text_dir = None
-    if "hf_model_name" in text_cfg:
-        text_dir = resolve_text_dir(text_cfg["hf_model_name"], model_folder, tokenizer_dir, encoder_name=encoder_name)
-        text_cfg["hf_model_name"] = str(text_dir)
-        text_cfg["hf_tokenizer_name"] = str(text_dir)
-        text_cfg["hf_model_pretrained"] = False
-    if "timm_model_name" in vision_cfg:
-        vision_cfg["timm_model_pretrained"] = False
-    if quick_gelu is not None:
-        cfg["quick_gelu"] = bool(quick_gelu)
-    return cfg, text_dir
 
 
 def _tokenizer(text_cfg: dict, text_dir: Path | None):
@@ -219,42 +152,12 @@ def load_open_clip(
         return loaded
 
 
-def _folder_of(source, *, encoder_name, example) -> Path | None:
-    """The local open_clip model folder of an hf-hub or local-dir source (None for a file or tag)."""
-    what = encoder_name
-    folder: Path | None = None
-    if source.kind == "hf-hub":
-        files = hub_files(source.location, [CONFIG_FILE], optional=TEXT_DIR_FILES, any_of=CHECKPOINTS,
-                          encoder_name=encoder_name, example=example)
-        folder = files[CONFIG_FILE].parent
-    elif source.kind == "local-dir":
-        folder = Path(source.location)
-        if not folder.is_dir():
-            raise WeightsError(f"{what}: folder {folder} not found; {how_to_point(encoder_name, example)}")
-        if not (folder / CONFIG_FILE).is_file():
-            raise WeightsError(f"{what}: {folder} has no {CONFIG_FILE} (an open_clip model folder holds "
-                               f"{CONFIG_FILE} + open_clip_pytorch_model.bin)")
-    return folder
-
-
-def _read_folder(folder: Path, *, what: str) -> tuple[dict, tuple, tuple, Path]:
-    """(model_cfg, mean, std, checkpoint) of an open_clip model folder; reads JSON only (no open_clip import)."""
-    try:
-        full = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        model_cfg = full["model_cfg"]
-    except (OSError, ValueError, KeyError) as e:
-        raise WeightsError(f"{what}: {folder / CONFIG_FILE} is not a valid open_clip config ({e})") from None
-    pre = full.get("preprocess_cfg", {})
-    mean, std = tuple(pre.get("mean", OPENAI_MEAN)), tuple(pre.get("std", OPENAI_STD))
-    return model_cfg, mean, std, find_weights_file(folder, CHECKPOINTS, what=what)
-
-
 def _load(source, *, arch, encoder_name, example, tokenizer_dir, quick_gelu) -> LoadedClip:
     what = encoder_name
     mean, std = OPENAI_MEAN, OPENAI_STD
-    folder = _folder_of(source, encoder_name=encoder_name, example=example)
+    folder = folder_of(source, encoder_name=encoder_name, example=example)
     if folder is not None:
-        model_cfg, mean, std, checkpoint = _read_folder(folder, what=what)
+        model_cfg, mean, std, checkpoint = read_folder(folder, what=what)
         files = [folder / CONFIG_FILE, checkpoint]
     else:
         import open_clip
@@ -285,7 +188,7 @@ def _load(source, *, arch, encoder_name, example, tokenizer_dir, quick_gelu) -> 
         else:
             raise WeightsError(f"{what}: weights source {source} is not usable here; {how_to_point(encoder_name, example)}")
         files = [checkpoint]
-    cfg, text_dir = _prepare_cfg(model_cfg, folder, tokenizer_dir, encoder_name=encoder_name, quick_gelu=quick_gelu)
+    cfg, text_dir = prepare_cfg(model_cfg, folder, tokenizer_dir, encoder_name=encoder_name, quick_gelu=quick_gelu)
     if text_dir is not None:
         files += [text_dir / f for f in TEXT_DIR_FILES if (text_dir / f).is_file()]
     model = _instantiate(cfg, what=what)
@@ -404,139 +307,34 @@ def _build_text(name: str, arch: str | None, default: str, example: str, *, weig
                            weights_digest=weights_digest(loaded.files))
 
 
-@register_image_encoder("biomedclip", summary="BiomedCLIP ViT-B/16 image tower (joint space with its text tower)")
 def build_biomedclip_image(name, *, weights=None, pooling=None, device=None, **options):
     return _build_image(name, None, BIOMEDCLIP_HUB, BIOMEDCLIP_EXAMPLE, weights=weights, pooling=pooling,
                         device=device, **options)
 
 
-@register_text_encoder("biomedclip", summary="BiomedCLIP PubMedBERT text tower (joint space with its image tower)")
 def build_biomedclip_text(name, *, weights=None, device=None, **options):
     return _build_text(name, None, BIOMEDCLIP_HUB, BIOMEDCLIP_EXAMPLE, weights=weights, device=device, **options)
 
 
-@register_image_encoder("clip-vit-b16", summary="OpenAI CLIP ViT-B/16 image tower (open_clip, tag openai)")
 def build_clip_b16_image(name, *, weights=None, pooling=None, device=None, **options):
     return _build_image(name, "ViT-B-16", "openai", "/path/to/ViT-B-16-openai.bin", weights=weights,
                         pooling=pooling, device=device, **options)
 
 
-@register_text_encoder("clip-vit-b16", summary="OpenAI CLIP ViT-B/16 text tower (open_clip, tag openai)")
 def build_clip_b16_text(name, *, weights=None, device=None, **options):
     return _build_text(name, "ViT-B-16", "openai", "/path/to/ViT-B-16-openai.bin", weights=weights, device=device,
                        **options)
 
 
-def _family_default(name: str, weights) -> None:
-    """A family name has no default weights: the user names a tag, file, repo or folder."""
-    from entrep.encoders.resolver import env_var_for
-
-    if weights is None and not os.environ.get(env_var_for(name)):
-        raise UserError(f"{name}: give weights: an open_clip pretrained tag (e.g. openai), a checkpoint file, "
-                        f"hf-hub:org/repo or local-dir:/path")
-
-
-@register_image_encoder("openclip:", summary="any open_clip architecture: openclip:ARCH + weights tag/file/hub/folder")
 def build_openclip_image(name, *, weights=None, pooling=None, device=None, **options):
     arch = name.partition(":")[2]
-    _family_default(name, weights)
+    family_default(name, weights)
     return _build_image(name, arch, "", f"/path/to/{arch}.bin", weights=weights, pooling=pooling,
                         device=device, **options)
 
 
-@register_text_encoder("openclip:", summary="any open_clip architecture: openclip:ARCH + weights tag/file/hub/folder")
 def build_openclip_text(name, *, weights=None, device=None, **options):
     arch = name.partition(":")[2]
-    _family_default(name, weights)
+    family_default(name, weights)
     return _build_text(name, arch, "", f"/path/to/{arch}.bin", weights=weights, device=device,
                        **options)
-
-
-# ---- describing without building (fingerprints of a cold start) ---------------
-def _describe_folder(name: str, default: str, example: str, weights, tokenizer_dir, quick_gelu):
-    """(prepared cfg, mean, std, files) of an hf-hub/local-dir source from its JSON files; None otherwise."""
-    source = choose_source(name, weights, default)
-    folder = _folder_of(source, encoder_name=name, example=example)
-    if folder is None:  # a checkpoint file or pretrained tag: only open_clip knows the architecture
-        return None
-    model_cfg, mean, std, checkpoint = _read_folder(folder, what=name)
-    cfg, text_dir = _prepare_cfg(model_cfg, folder, tokenizer_dir, encoder_name=name, quick_gelu=quick_gelu)
-    files = [folder / CONFIG_FILE, checkpoint]
-    if text_dir is not None:
-        files += [text_dir / f for f in TEXT_DIR_FILES if (text_dir / f).is_file()]
-    return source, cfg, mean, std, files
-
-
-def _describe_image(name: str, default: str, example: str, *, weights, pooling, device, precision=None,
-                    tokenizer_dir=None, return_layers=None, quick_gelu=None, **rest):
-    from entrep.encoders.base import resolve_device, resolve_precision
-
-    if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, tokenizer_dir, return_layers, quick_gelu")
-    if return_layers or (pooling or "proj") != "proj":
-        return None  # token widths and block counts come from the built tower
-    plan = _describe_folder(name, default, example, weights, tokenizer_dir, quick_gelu)
-    if plan is None:
-        return None
-    source, cfg, mean, std, files = plan
-    size = cfg["vision_cfg"].get("image_size", 224)  # open_clip towers keep to_2tuple(image_size)
-    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
-    embed = int(cfg["embed_dim"])
-    config = ImageEncoderConfig(
-        name=name, dim=embed, image_size=size, mean=tuple(mean), std=tuple(std), weights=str(source),
-        pooling="proj", width=embed, interpolation="bicubic", licence=LICENCE.get(name, "see the model card of the weights"),
-        architecture="open_clip", options=options_tuple({"quick_gelu": quick_gelu}))
-    return config, weights_digest(files), resolve_precision(precision, resolve_device(device)), ClipImageEncoder.__name__
-
-
-def _describe_text(name: str, default: str, example: str, *, weights, device, precision=None, tokenizer_dir=None,
-                   quick_gelu=None, **rest):
-    from entrep.encoders.base import resolve_device, resolve_precision
-
-    if rest:
-        raise UserError(f"{name}: unknown options {sorted(rest)}; known: precision, tokenizer_dir, quick_gelu")
-    plan = _describe_folder(name, default, example, weights, tokenizer_dir, quick_gelu)
-    if plan is None:
-        return None
-    source, cfg, _, _, files = plan
-    config = TextEncoderConfig(name=name, dim=int(cfg["embed_dim"]), weights=str(source),
-                               max_tokens=int(cfg["text_cfg"].get("context_length", 77)), languages=("en",),
-                               pooling="model", licence=LICENCE.get(name, "see the model card"),
-                               architecture="open_clip", options=options_tuple({"quick_gelu": quick_gelu}))
-    return config, weights_digest(files), resolve_precision(precision, resolve_device(device)), ClipTextEncoder.__name__
-
-
-@IMAGE.describer("biomedclip")
-def describe_biomedclip_image(name, *, weights=None, pooling=None, device=None, **options):
-    return _describe_image(name, BIOMEDCLIP_HUB, BIOMEDCLIP_EXAMPLE, weights=weights, pooling=pooling, device=device,
-                           **options)
-
-
-@TEXT.describer("biomedclip")
-def describe_biomedclip_text(name, *, weights=None, device=None, **options):
-    return _describe_text(name, BIOMEDCLIP_HUB, BIOMEDCLIP_EXAMPLE, weights=weights, device=device, **options)
-
-
-@IMAGE.describer("clip-vit-b16")
-def describe_clip_b16_image(name, *, weights=None, pooling=None, device=None, **options):
-    return _describe_image(name, "openai", "/path/to/ViT-B-16-openai.bin", weights=weights, pooling=pooling,
-                           device=device, **options)
-
-
-@TEXT.describer("clip-vit-b16")
-def describe_clip_b16_text(name, *, weights=None, device=None, **options):
-    return _describe_text(name, "openai", "/path/to/ViT-B-16-openai.bin", weights=weights, device=device, **options)
-
-
-@IMAGE.describer("openclip:")
-def describe_openclip_image(name, *, weights=None, pooling=None, device=None, **options):
-    _family_default(name, weights)
-    return _describe_image(name, "", f"/path/to/{name.partition(':')[2]}.bin", weights=weights, pooling=pooling,
-                           device=device, **options)
-
-
-@TEXT.describer("openclip:")
-def describe_openclip_text(name, *, weights=None, device=None, **options):
-    _family_default(name, weights)
-    return _describe_text(name, "", f"/path/to/{name.partition(':')[2]}.bin", weights=weights, device=device,
-                          **options)

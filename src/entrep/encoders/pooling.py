@@ -19,14 +19,21 @@ horizontally flipped feature map by permuting blocks (left<->right); the
 global block is unchanged. It is exact for the map; for a whole network it is
 the usual approximation (a CNN/ViT is not exactly flip-equivariant) - encode
 the ``flip`` view (:mod:`entrep.data.augment`) when exact features matter.
+
+The names, dimensions and flips need no torch (this module imports it only
+inside :func:`pool_map`), so configs and fingerprints are computed without it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from entrep.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 #: blocks of each pooling, in output order
 BLOCKS: dict[str, tuple[str, ...]] = {
@@ -71,6 +78,8 @@ def _halves(n: int) -> tuple[slice, slice]:
 
 def pool_map(fmap: torch.Tensor, pooling: str, *, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
     """Pool a CNN feature map (B, C, H, W) to (B, blocks*C)."""
+    import torch
+
     check_pooling(pooling, MAP_POOLINGS)
     if fmap.ndim != 4:
         raise ValueError(f"expected a (B, C, H, W) feature map, got shape {tuple(fmap.shape)}")

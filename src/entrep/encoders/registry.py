@@ -2,7 +2,11 @@
 
 ``@register_image_encoder("name", aliases=(...))`` registers a builder
 ``fn(name, *, weights, pooling, device, **options) -> ImageEncoder``; text
-builders take no pooling. A name ending in ``:`` registers a *family*: any
+builders take no pooling. The built-in encoders are registered with
+``IMAGE.add(name, "module:function", ...)``: the builder is a *lazy reference*,
+imported on the first build, so listing, describing and fingerprinting never
+import torch or the model libraries (the ``*_spec`` modules hold what those
+need). A name ending in ``:`` registers a *family*: any
 ``family:ARG`` name goes to that builder (``openclip:ViT-L-14``). Unknown names
 fail with the list of valid ones.
 
@@ -16,6 +20,7 @@ an encoder without one is built to read its fingerprint.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,10 +29,20 @@ from entrep.errors import UserError
 
 @dataclass(frozen=True)
 class Entry:
+    """One registered name: its builder (a callable, or a ``"module:function"`` reference imported on use)."""
+
     name: str
     kind: str  # "image" | "text"
-    builder: Callable
+    target: Callable | str
     summary: str = ""
+
+    @property
+    def builder(self) -> Callable:
+        """The builder function (a lazy reference is imported now)."""
+        if callable(self.target):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 class Registry:
@@ -40,16 +55,23 @@ class Registry:
         self._describers: dict[str, Callable] = {}
 
     def register(self, name: str, *, aliases: tuple[str, ...] = (), summary: str = "") -> Callable:
+        """Decorator: register the builder function under ``name`` (and aliases)."""
         def deco(fn: Callable) -> Callable:
-            for n in (name, *aliases):
-                if n in self._entries or n in self._aliases:
-                    raise ValueError(f"{self.kind} encoder {n!r} registered twice")
-            self._entries[name] = Entry(name, self.kind, fn, summary or (fn.__doc__ or "").strip().split("\n")[0])
-            for a in aliases:
-                self._aliases[a] = name
+            self.add(name, fn, aliases=aliases, summary=summary or (fn.__doc__ or "").strip().split("\n")[0])
             return fn
 
         return deco
+
+    def add(self, name: str, builder: Callable | str, *, aliases: tuple[str, ...] = (), summary: str = "") -> None:
+        """Register ``builder`` (a callable, or ``"package.module:function"`` imported on the first build)."""
+        if isinstance(builder, str) and (":" not in builder or not all(builder.partition(":")[::2])):
+            raise ValueError(f"{self.kind} encoder {name!r}: lazy builder {builder!r} must be 'module:function'")
+        for n in (name, *aliases):
+            if n in self._entries or n in self._aliases:
+                raise ValueError(f"{self.kind} encoder {n!r} registered twice")
+        self._entries[name] = Entry(name, self.kind, builder, summary)
+        for a in aliases:
+            self._aliases[a] = name
 
     def describer(self, name: str) -> Callable:
         """Decorator: register the describer of the (already registered) builder ``name``."""
