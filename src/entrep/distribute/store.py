@@ -83,20 +83,53 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(folder / MANIFEST, manifest)
 
 
+def _numeric_column(v: np.ndarray):
+    import pyarrow as pa
+
+    v = np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("="))
+    if v.dtype.kind == "b":
+        return pa.Array.from_buffers(pa.bool_(), len(v), [None, pa.py_buffer(np.packbits(v, bitorder="little"))])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(v.dtype), len(v), [None, pa.py_buffer(v)])
+
+
+def _string_column(values) -> Any:
+    import pyarrow as pa
+
+    data = [str(x).encode("utf-8") for x in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    if offsets[-1] >= 2**31:  # beyond 32-bit offsets: let pyarrow chunk it
+        return pa.array([b.decode("utf-8") for b in data], type=pa.string())
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                          pa.py_buffer(b"".join(data))])
+
+
+def arrow_column(v) -> Any:
+    """A numpy column as a pyarrow array: vectors (2-D) as fixed-size float32 lists, strings as ``string``,
+    bool/int/float as themselves, no nulls (NaN stays NaN).
+
+    Built from the arrays' buffers because ``pyarrow.array()`` imports pandas (to look for pandas
+    types) on its first call, half a second of a fully cached ``entrep embed``; same types and values.
+    """
+    import pyarrow as pa
+
+    v = np.asarray(v)
+    if v.ndim == 2:
+        flat = _numeric_column(np.asarray(v, dtype=np.float32).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, v.shape[1])
+    if v.ndim == 1 and v.dtype.kind in "US":
+        return _string_column(v)
+    if v.ndim == 1 and v.dtype.kind in "biuf":
+        return _numeric_column(v)
+    return pa.array(v)
+
+
 def write_shard(path: Path, columns: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """One Parquet file: scalar columns as they are, vectors as fixed-size float32 lists."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cols = {}
-    for k, v in columns.items():
-        v = np.asarray(v)
-        if v.ndim == 2:
-            cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), type=pa.float32()), v.shape[1])
-        elif v.dtype.kind in "US":
-            cols[k] = pa.array([str(x) for x in v], type=pa.string())
-        else:
-            cols[k] = pa.array(v)
+    cols = {k: arrow_column(v) for k, v in columns.items()}
     table = pa.table(cols).replace_schema_metadata({"entrep": json.dumps(meta, sort_keys=True)})
     with atomic_path(path) as tmp:
         pq.write_table(table, str(tmp))

@@ -167,12 +167,13 @@ def write_parquet(out: Path, arrays: dict[str, Any], meta: dict[str, Any]) -> No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from entrep.distribute.store import arrow_column
+
     cols = {}
     for k, v in arrays.items():
         v = np.asarray(v)
-        if v.ndim == 2:
-            flat = pa.array(v.reshape(-1), type=pa.float32())
-            cols[k] = pa.FixedSizeListArray.from_arrays(flat, v.shape[1])
+        if v.ndim == 2 or v.dtype.kind in "USb":
+            cols[k] = arrow_column(v)  # without pyarrow.array(), which imports pandas
         else:
             cols[k] = pa.array(v.tolist())
     table = pa.table(cols).replace_schema_metadata({"entrep": json.dumps(meta, sort_keys=True)})
