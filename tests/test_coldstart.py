@@ -241,3 +241,78 @@ def test_entrep_predict_does_not_import_the_text_tower(small_model, tmp_path):
     r = _python(code, {"ENTREP_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(out.read_text()) == []
+
+
+#: libraries a fully cached `entrep embed` must not import (torch alone is ~2 s of a ~1 s run)
+HEAVY = ("torch", "pandas", "transformers", "open_clip", "timm", "onnxruntime", "sklearn")
+
+
+def _embed_imports(data: Path, out: Path, env: dict, *extra: str) -> list[str]:
+    """Run `entrep embed DATA --out OUT` in a fresh interpreter; the HEAVY modules it had imported at exit."""
+    mods = out.with_name(out.name + ".mods.json")
+    argv = ["entrep", "embed", str(data), "--out", str(out), "--profile", "offline-fast", "--no-progress", *extra]
+    code = ("import json, sys\n"
+            "from entrep.cli import main\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            f"json.dump(sorted(m for m in {HEAVY!r} if m in sys.modules), open({str(mods)!r}, 'w'))\n")
+    r = _python(code, env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(mods.read_text())
+
+
+def test_fully_cached_embed_imports_neither_torch_nor_pandas(tmp_path):
+    from entrep.data.synthetic import generate
+    from entrep.distribute.store import read_shards
+
+    generate(tmp_path / "data", n=6, seed=3, queries=False)
+    env = {"ENTREP_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    first = _embed_imports(tmp_path / "data", tmp_path / "first", env, "--runtime", "torch")
+    assert "torch" in first  # the first run computes the features
+    assert _embed_imports(tmp_path / "data", tmp_path / "second", env, "--runtime", "torch") == []
+    assert _embed_imports(tmp_path / "data", tmp_path / "cached.npz", env) == []
+
+    m1, rows1 = read_shards(tmp_path / "first")
+    m2, rows2 = read_shards(tmp_path / "second")
+    assert {k: v for k, v in m1.items() if k != "shards"} == {k: v for k, v in m2.items() if k != "shards"}
+    assert rows1.keys() == rows2.keys() and len(rows1["clip"]) == 6
+    for k in rows1:
+        assert np.array_equal(rows1[k], rows2[k], equal_nan=rows1[k].dtype.kind == "f"), k
+    with np.load(tmp_path / "cached.npz") as z:
+        assert np.array_equal(z["image_embeddings"], rows1["clip"])
+        assert np.array_equal(z["text_embeddings"], rows1["text"], equal_nan=True)
+        assert list(z["has_text"]) == list(rows1["has_text"])
+
+
+def test_device_without_torch_agrees_with_torch(monkeypatch):
+    from entrep.encoders import devices
+    from entrep.encoders.base import resolve_device, resolve_precision
+
+    for device in (None, "auto", "cpu", "cpu:0"):
+        kind = devices.resolve_device_type(device)
+        assert kind == resolve_device(device).type
+        for precision in (None, "auto", "fp32", "fp16", "bf16"):
+            assert devices.effective_precision(precision, kind) == resolve_precision(precision, resolve_device(device))
+    with pytest.raises(Exception, match="unknown precision"):
+        devices.effective_precision("int8", "cpu")
+    # where a GPU device file exists, torch is asked (and still agrees)
+    monkeypatch.setattr(devices, "may_have_accelerator", lambda: True)
+    assert devices.resolve_device_type("auto") == resolve_device("auto").type
+
+
+def test_importing_the_encoder_registry_imports_no_torch():
+    code = ("import sys, json\n"
+            "import entrep.encoders as E\n"
+            "from entrep.encoders.pooling import check_pooling, pooled_dim, MAP_POOLINGS\n"
+            "from entrep.encoders.registry import IMAGE\n"
+            "names = E.list_encoders()\n"
+            "summaries = [IMAGE.entry(n).summary for n in E.list_encoders(kind='image')]\n"
+            "info = E.describe_encoder('image', 'effnet-lite0', pooling='lr', device='auto')\n"
+            "dim = pooled_dim(check_pooling('grid2', MAP_POOLINGS), 1280)\n"
+            f"print(json.dumps({{'names': names, 'dim': [info.dim, dim], 'summaries': all(summaries),\n"
+            f"                  'mods': sorted(m for m in {HEAVY!r} if m in sys.modules)}}))\n")
+    r = _python(code, {"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["mods"] == [] and out["summaries"] and out["dim"] == [3 * 1280, 5 * 1280]
+    assert {"effnet-lite0", "minilm-l6", "biomedclip", "dinov2-vitb14", "gastronet-vits16"} <= set(out["names"])
