@@ -9,7 +9,7 @@ from PIL import Image
 
 from entrep.encoders import build_image_encoder, build_text_encoder, list_encoders
 from entrep.encoders.base import letterbox, resolve_device, resolve_precision
-from entrep.encoders.registry import IMAGE, Registry
+from entrep.encoders.registry import IMAGE, TEXT, Registry
 from entrep.encoders.resolver import (
     choose_source,
     env_var_for,
@@ -70,6 +70,33 @@ def test_registering_a_name_twice_fails():
     reg.register("a")(lambda *a, **k: None)
     with pytest.raises(ValueError, match="twice"):
         reg.register("b", aliases=("a",))(lambda *a, **k: None)
+
+
+def test_lazy_builder_references_are_imported_on_first_build_and_callables_still_register():
+    reg = Registry("image")
+    reg.add("lazy", "entrep.encoders.pooling:pooled_dim", summary="a lazy reference")
+    assert reg.entry("lazy").target == "entrep.encoders.pooling:pooled_dim"
+    from entrep.encoders.pooling import pooled_dim
+
+    assert reg.entry("lazy").builder is pooled_dim and reg.entry("lazy").summary == "a lazy reference"
+    reg.add("missing", "entrep.encoders.pooling:no_such_builder")
+    with pytest.raises(AttributeError, match="no_such_builder"):
+        reg.entry("missing").builder
+    with pytest.raises(ValueError, match="module:function"):
+        reg.add("bad", "entrep.encoders.pooling")
+
+    @reg.register("mine", summary="")
+    def build_mine(name, **kw):
+        """A user's own builder."""
+        return name
+
+    assert reg.entry("mine").builder is build_mine and reg.entry("mine").summary == "A user's own builder."
+    # every registration points at a builder function that exists, with a summary; the built-in ones lazily
+    for r in (IMAGE, TEXT):
+        for name in r.names():
+            assert callable(r.entry(name).builder) and r.entry(name).summary, name
+    assert all(isinstance(IMAGE.entry(n).target, str) for n in ("effnet-lite2", "dinov2-vitb14", "openclip:ViT-B-16"))
+    assert isinstance(TEXT.entry("minilm-l6").target, str)
 
 
 # ---- resolver ------------------------------------------------------------------
