@@ -107,8 +107,8 @@ def measure(workdir: str | Path, n_images: int = 200, repeats: int = 3) -> dict:
         ecache = work / f"embed-cache-{i}"
         for p in (ecache, work / f"embed-{i}-a", work / f"embed-{i}-b"):
             shutil.rmtree(p, ignore_errors=True)
-        # the cache goes through $ENTREP_CACHE: `embed --cache DIR` with a folder --out does not reach the
-        # feature cache today (features/export.py takes Path.root, the filesystem root, as the cache folder)
+        # the cache goes through $ENTREP_CACHE (the same as `embed --cache DIR`), so the content-hash memo
+        # is kept in that fresh folder too
         eenv = dict(env, ENTREP_CACHE=str(ecache))
         embed_first.append(_run(_entrep("embed", str(data), "--out", str(work / f"embed-{i}-a"), "--no-progress"),
                                 eenv))
