@@ -4,9 +4,11 @@ One row per (encoder, runtime), side by side in one run:
 
 - ``images_per_s``: model only (a preprocessed batch of ``--batch-size``, best of ``--reps``
   after a warm-up), through ``ImageEncoder.encode_tensor`` on the chosen runtime;
-- ``end_to_end_per_s``: JPEG files -> decode + preprocess + model + store, through
+- ``end_to_end_per_s``: 640x480 JPEG files -> decode + preprocess + model + store, through
   ``FeatureCache.image_features`` with a cold (empty) cache, as ``entrep embed`` / ``index`` run;
-- ``encode_files_per_s``: files -> ``ImageEncoder.encode(paths)`` (the decode pool overlapping
+  ``end_to_end_png_per_s``: the same frames as PNG files (the ENTRep data's format: no
+  reduced-scale decode, and PNG decoding costs about twice JPEG's);
+- ``encode_files_per_s``: JPEG files -> ``ImageEncoder.encode(paths)`` (the decode pool overlapping
   the model, no cache);
 - ``gflop_per_image`` (torch.utils.flop_counter, one multiply-add = 2 FLOPs; the same graph for
   both runtimes), ``gflop_per_s`` (model-only rate x GFLOP/image) and ``share_of_matmul_peak``
@@ -15,6 +17,10 @@ One row per (encoder, runtime), side by side in one run:
   outputs, weights included; an upper bound of the traffic, since a fused graph keeps some in
   cache), and ``share_of_mem_bandwidth``: model-only rate x that traffic / the measured memory
   bandwidth (best numpy copy of a 256 MiB array, read + write).
+
+``pipeline`` (ONNX Runtime rows of the EfficientNets): ``encode(files)`` images/s from JPEG and
+PNG files for ONNX Runtime intra-op threads x decode-pool threads in {2, 1} x {2, 1} (the pool
+is ``prefetch`` threads), the figures behind the defaults (threads = torch's, prefetch 2).
 
 Runtimes: ``torch`` (eager) and ``onnx`` (``ImageEncoder.use_runtime("onnx")``: ONNX Runtime
 on the exported graph); ViT-B/16 (BiomedCLIP's image tower) and ViT-B/14 (DINOv2 at 224 px)
@@ -25,7 +31,7 @@ n_images)``). A GPU, when there is one, gets the same rows on ``cuda`` (torch ru
 autocast, batch size from free memory) and the share of its bf16/fp16 matmul peak.
 
     python benchmarks/bench_encoders.py [--images 32] [--batch-size 16] [--threads 2] [--skip-vit]
-                                        [--vit-onnx] [--coldstart] [--json OUT.json]
+                                        [--vit-onnx] [--skip-pipeline] [--coldstart] [--json OUT.json]
 
 Not run by CI. Prints a Markdown table; ``--json OUT`` writes every figure.
 """
@@ -132,8 +138,8 @@ def timed(fn, reps: int, device: str = "cpu") -> float:
     return best
 
 
-def write_frames(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """``n`` 640x480 JPEG frames (smooth colour fields with noise: decode cost like real endoscopy frames)."""
+def write_frames(folder: Path, n: int, seed: int = 0, fmt: str = "jpg") -> list[Path]:
+    """``n`` 640x480 JPEG (or ``fmt="png"``) frames (smooth colour fields with noise)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
@@ -142,8 +148,8 @@ def write_frames(folder: Path, n: int, seed: int = 0) -> list[Path]:
         c = rng.uniform(60, 200, 3)
         a = c + 40 * np.sin(xx[..., None] / rng.uniform(20, 80) + yy[..., None] / rng.uniform(20, 80))
         a = np.clip(a + rng.normal(0, 6, a.shape), 0, 255).astype(np.uint8)
-        p = folder / f"frame{i:04d}.jpg"
-        Image.fromarray(a).save(p, quality=90)
+        p = folder / f"frame{i:04d}.{fmt}"
+        Image.fromarray(a).save(p, **({"quality": 90} if fmt == "jpg" else {}))
         paths.append(p)
     return paths
 
@@ -163,10 +169,17 @@ def vit_encoder(arch: str, device: str):
     return DinoV2Encoder(cfg, model, device=device, weights_digest=f"random-{arch}")
 
 
-def bench_image(label: str, enc, runtime: str, files: list[Path], batch: int, reps: int, peak: float, bw: float,
-                cache_root: Path) -> dict:
+def cold_cache_rate(enc, files: list[Path], batch: int, folder: Path) -> float:
+    """Images/s through a fresh FeatureCache (hash, decode, preprocess, model, store)."""
     from entrep.features import FeatureCache
 
+    t0 = time.perf_counter()
+    FeatureCache(folder).image_features(enc, files, batch_size=batch)
+    return len(files) / (time.perf_counter() - t0)
+
+
+def bench_image(label: str, enc, runtime: str, files: dict[str, list[Path]], batch: int, reps: int, peak: float,
+                bw: float, cache_root: Path) -> dict:
     device = enc.device.type
     row = {"encoder": label, "runtime": runtime, "device": device, "dim": enc.config.dim,
            "input": "x".join(map(str, enc.config.image_size))}
@@ -175,30 +188,53 @@ def bench_image(label: str, enc, runtime: str, files: list[Path], batch: int, re
     row["runtime_setup_s"] = round(time.perf_counter() - t0, 2)
     if used != runtime:
         row["note"] = f"ran on {used}"
-    x = torch.stack([enc.preprocess(Image.open(p).convert("RGB")) for p in files[:batch]])
+    x = np.stack([enc.preprocess_array(enc.load_image(p)) for p in files["jpg"][:batch]])
     with torch.inference_mode():
-        flops = flops_of(lambda: enc.forward(x[:1].to(enc.device)))
-        traffic = traffic_bytes(lambda: enc.forward(x[:2].to(enc.device))) / 2
-    t_model = timed(lambda: enc.encode_tensor(x), reps, device) / len(x)
-    cache = FeatureCache(cache_root / f"features-{label}-{runtime}".replace("/", "_").replace(" ", "_"))
+        flops = flops_of(lambda: enc.forward(torch.from_numpy(x[:1]).to(enc.device)))
+        traffic = traffic_bytes(lambda: enc.forward(torch.from_numpy(x[:2]).to(enc.device))) / 2
+    t_model = timed(lambda: enc.encode_tensor(x), reps, device) / len(x)  # numpy in, as the decode pool gives
+    stem = f"features-{label}-{runtime}".replace("/", "_").replace(" ", "_")
+    rates = {fmt: cold_cache_rate(enc, files[fmt], batch, cache_root / f"{stem}-{fmt}") for fmt in ("jpg", "png")}
     t0 = time.perf_counter()
-    cache.image_features(enc, files, batch_size=batch)
-    t_e2e = (time.perf_counter() - t0) / len(files)
-    t0 = time.perf_counter()
-    enc.encode(files, batch_size=batch)
-    t_files = (time.perf_counter() - t0) / len(files)
+    enc.encode(files["jpg"], batch_size=batch)
+    t_files = (time.perf_counter() - t0) / len(files["jpg"])
     gflop = flops / 1e9
     row.update({
         "gflop_per_image": round(gflop, 3),
         "mb_per_image": round(traffic / 1e6, 1),
         "images_per_s": round(1 / t_model, 2),
-        "end_to_end_per_s": round(1 / t_e2e, 2),
+        "end_to_end_per_s": round(rates["jpg"], 2),
+        "end_to_end_png_per_s": round(rates["png"], 2),
         "encode_files_per_s": round(1 / t_files, 2),
         "gflop_per_s": round(gflop / t_model, 1),
         "share_of_matmul_peak": round(gflop / t_model / peak, 3),
         "share_of_mem_bandwidth": round(traffic / t_model / 1e9 / bw, 3),
     })
     return row
+
+
+def bench_pipeline(variant: str, files: dict[str, list[Path]], batch: int, onnx_dir: Path) -> list[dict]:
+    """encode(files) images/s on ONNX Runtime for intra-op threads ({--threads, 1}) x decode-pool threads (2, 1)."""
+    from entrep.encoders import build_image_encoder
+
+    rows, threads = [], torch.get_num_threads()
+    try:
+        for ort_threads in sorted({threads, 1}, reverse=True):
+            torch.set_num_threads(ort_threads)  # use_runtime gives the session torch's thread count
+            enc = build_image_encoder(f"effnet-{variant}", device="cpu")
+            if enc.use_runtime("onnx", cache_dir=onnx_dir) != "onnx":
+                return rows
+            for decode_threads in (2, 1):
+                row = {"encoder": f"effnet-{variant}", "ort_threads": ort_threads, "decode_threads": decode_threads}
+                for fmt, paths in files.items():
+                    enc.encode(paths[:batch], batch_size=batch)  # warm-up
+                    t0 = time.perf_counter()
+                    enc.encode(paths, batch_size=batch, prefetch=decode_threads)
+                    row[f"encode_{fmt}_per_s"] = round(len(paths) / (time.perf_counter() - t0), 2)
+                rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
 
 
 def bench_text(enc, n: int, batch: int, reps: int, peak: float) -> dict:
@@ -229,7 +265,7 @@ def coldstart(n_images: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=32, help="JPEG frames for the end-to-end runs (default 32)")
+    ap.add_argument("--images", type=int, default=32, help="frames (JPEG, and the same as PNG) for the end-to-end runs (default 32)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--reps", type=int, default=3)
@@ -240,6 +276,7 @@ def main() -> None:
     ap.add_argument("--vit-onnx", action="store_true", help="also run the ViTs on ONNX Runtime (slow export)")
     ap.add_argument("--coldstart", action="store_true", help="add the cold-start section (bench_coldstart.measure)")
     ap.add_argument("--coldstart-images", type=int, default=200)
+    ap.add_argument("--skip-pipeline", action="store_true", help="no ONNX Runtime threads x decode threads table")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -253,12 +290,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="entrep-bench-enc-") as work:
         work = Path(work)
-        files = write_frames(work / "frames", args.images)
+        files = {fmt: write_frames(work / f"frames-{fmt}", args.images, fmt=fmt) for fmt in ("jpg", "png")}
         for variant in [v.strip() for v in args.encoders.split(",") if v.strip()]:
             for rt in runtimes:
                 enc = build_image_encoder(f"effnet-{variant}", device="cpu")
                 rows.append(bench_image(f"effnet-{variant} (grid2)", enc, rt, files, args.batch_size, args.reps,
                                         peak, bw, work))
+        pipeline = []
+        if "onnx" in runtimes and not args.skip_pipeline:
+            for variant in [v.strip() for v in args.encoders.split(",") if v.strip()]:
+                pipeline += bench_pipeline(variant, files, args.batch_size, work / "onnx")
         if not args.skip_vit:
             for label, arch in (("ViT-B/16 224 (BiomedCLIP tower, random)", "vit_base_patch16_224"),
                                 ("ViT-B/14 224 (DINOv2, random)", "vit_base_patch14_dinov2")):
@@ -293,7 +334,7 @@ def main() -> None:
         if "torch" in by and "onnx" in by:
             by["onnx"]["speedup_vs_torch"] = {
                 k: round(by["onnx"][k] / by["torch"][k], 2)
-                for k in ("images_per_s", "end_to_end_per_s", "encode_files_per_s")}
+                for k in ("images_per_s", "end_to_end_per_s", "end_to_end_png_per_s", "encode_files_per_s")}
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     import onnxruntime
@@ -301,14 +342,20 @@ def main() -> None:
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}, {args.threads} threads, load average {load:.1f}; "
           f"matmul peak {peak:.1f} GFLOP/s, memory bandwidth {bw:.1f} GB/s\n")
-    print("| encoder | runtime | device | GFLOP/img | MB/img | model img/s | end-to-end img/s | encode(files) img/s "
-          "| GFLOP/s | of matmul peak | of mem bandwidth |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| encoder | runtime | device | GFLOP/img | MB/img | model img/s | end-to-end img/s (JPEG) | "
+          "end-to-end img/s (PNG) | encode(files) img/s | GFLOP/s | of matmul peak | of mem bandwidth |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['encoder']} | {r['runtime']}{' (' + r['note'] + ')' if r.get('note') else ''} | {r['device']} | "
               f"{r['gflop_per_image']} | {r['mb_per_image']} | {r['images_per_s']} | {r['end_to_end_per_s']} | "
-              f"{r['encode_files_per_s']} | {r['gflop_per_s']} | {r['share_of_matmul_peak']:.0%} | "
-              f"{r['share_of_mem_bandwidth']:.0%} |")
+              f"{r['end_to_end_png_per_s']} | {r['encode_files_per_s']} | {r['gflop_per_s']} | "
+              f"{r['share_of_matmul_peak']:.0%} | {r['share_of_mem_bandwidth']:.0%} |")
+    if pipeline:
+        print("\n| encoder (onnx) | ORT threads | decode threads | encode(JPEG files) img/s | encode(PNG files) img/s |")
+        print("|---|---|---|---|---|")
+        for r in pipeline:
+            print(f"| {r['encoder']} | {r['ort_threads']} | {r['decode_threads']} | {r['encode_jpg_per_s']} | "
+                  f"{r['encode_png_per_s']} |")
     if text:
         print(f"\n{text['encoder']} (torch, ~12-token captions): {text['texts_per_s']} texts/s, "
               f"{text['gflop_per_text']} GFLOP/text, {text['gflop_per_s']} GFLOP/s", end="")
@@ -320,7 +367,7 @@ def main() -> None:
                        "threads": args.threads, "load_average": load, "torch": torch.__version__,
                        "onnxruntime": onnxruntime.__version__},
            "matmul_peak_gflops": round(peak, 1), "mem_bandwidth_gbs": round(bw, 1),
-           "images": args.images, "batch_size": args.batch_size, "rows": rows}
+           "images": args.images, "batch_size": args.batch_size, "rows": rows, "pipeline": pipeline}
     if text:
         out["text"] = text
     if gpu:
