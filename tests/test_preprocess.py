@@ -120,6 +120,25 @@ def test_encoder_reads_paths_at_reduced_scale(tmp_path):
     assert float((by_path * full).sum()) > 0.99
 
 
+def test_cache_fill_decodes_like_the_encoder_so_a_file_gets_one_vector(tmp_path):
+    """orig/flip rows from the feature cache equal encoding the path directly (same reduced-scale decode),
+    and in-memory bytes through the Extractor decode the same way; a jittered view keeps the full decode."""
+    from entrep.features import FeatureCache
+
+    enc = TinyImageEncoder()
+    p = _jpeg(tmp_path / "frame.jpg", _smooth_frame(640, 480))
+    cache = FeatureCache(tmp_path / "cache")
+    np.testing.assert_allclose(cache.image_features(enc, [p]), enc.encode([p], prefetch=0), atol=1e-6)
+    flipped = enc.encode([enc.load_image(p).transpose(Image.Transpose.FLIP_LEFT_RIGHT)], prefetch=0)
+    np.testing.assert_allclose(cache.image_features(enc, [p], view="flip"), flipped, atol=1e-6)
+    from entrep.data.augment import apply_view
+    from entrep.features.cache import pixel_key
+
+    full = load_rgb(p)
+    jittered = enc.encode([apply_view(full, "aug1", key=pixel_key(full))], prefetch=0)
+    np.testing.assert_allclose(cache.image_features(enc, [p], view="aug1"), jittered, atol=1e-6)
+
+
 class _Ops(TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -287,19 +287,24 @@ class FeatureCache:
         for p, k in zip(paths, keys):
             first_path.setdefault(k, p)
 
-        def load(k: str):
+        # orig / flip: a large JPEG is decoded at the reduced scale the encoder letterboxes to
+        # (ImageEncoder.load_image). Jittered views keep the full decode: their blur and rotation are in
+        # pixels of the full frame, and their seed (pixel_key) is taken from those pixels.
+        whole_frame = parse_view(view)[0] == 0
+
+        def load(enc, k: str):
             from entrep.data.augment import apply_view
             from entrep.data.images import load_rgb
 
-            im = load_rgb(first_path[k])
+            im = enc.load_image(first_path[k]) if whole_frame and hasattr(enc, "load_image") else load_rgb(first_path[k])
             return im if view == "orig" else apply_view(im, view, key=pixel_key(im))
 
         def compute(missing: list[str]):
             enc = get()
             if hasattr(enc, "iter_encode"):  # decode + preprocess of the next batches overlap the model
-                return enc.iter_encode([functools.partial(load, k) for k in missing], batch_size=batch_size,
+                return enc.iter_encode([functools.partial(load, enc, k) for k in missing], batch_size=batch_size,
                                        normalize=True)
-            return (enc.encode([load(k) for k in b], batch_size=len(b), normalize=True)
+            return (enc.encode([load(enc, k) for k in b], batch_size=len(b), normalize=True)
                     for b in map(list, _chunks(missing, batch_size)))
 
         return self._fill(self._store(encoder, view), keys, compute, batch_size=batch_size, progress=progress,

@@ -137,9 +137,13 @@ class Extractor:
         from entrep.data.images import load_rgb
         from entrep.features.cache import pixel_key
 
+        from entrep.data.augment import parse_view
+
+        # files and bytes decode as the cache's fill does (a large JPEG at the encoder's reduced scale)
+        draft = getattr(enc, "draft_size", None) if parse_view(view)[0] == 0 else None
         pil = []
         for x in images:
-            im = x if isinstance(x, Image.Image) else load_rgb(x)
+            im = x if isinstance(x, Image.Image) else load_rgb(x, draft_size=draft)
             im = im.convert("RGB") if im.mode != "RGB" else im
             pil.append(im if view == "orig" else apply_view(im, view, key=pixel_key(im)))
         return enc.encode(pil, batch_size=self.batch_size, progress=False, normalize=True).astype(np.float32)
