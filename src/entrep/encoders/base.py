@@ -128,11 +128,6 @@ def to_normalised_array(img: Image.Image, mean: Sequence[float], std: Sequence[f
     return normalise_into(img, np.empty((3, h, w), dtype=np.float32), mean, std)
 
 
-def to_normalised_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """:func:`to_normalised_array` as a CPU tensor sharing its memory."""
-    return torch.from_numpy(to_normalised_array(img, mean, std))
-
-
 #: default images per model batch on CPU (and the most on CUDA when memory allows more is not asked for)
 DEFAULT_BATCH_SIZE = 32
 #: batches decoded ahead of the one the model is running (bounded: memory stays flat)
