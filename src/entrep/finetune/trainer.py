@@ -281,7 +281,7 @@ def _validate(everything, data, features, forward_emb, head, dev, precision, bat
 def _fusion_report(everything, data, records, features, forward_emb, proj, extractor, taxonomy, dev, batch_size) -> dict:
     """Validation accuracy of nearest class prompt for the joint image vector alone, for the paper's linear
     fusion z = s*v + (1-s)*u with the caption vector u, and for slerp(v, u, 0.5)."""
-    from entrep.classify.fusion import fuse, l2_normalize, slerp
+    from entrep.classify.fusion import fuse_by, l2_normalize
 
     keep = [i for i, r in enumerate(records) if r.text]
     if not keep:
@@ -296,8 +296,8 @@ def _fusion_report(everything, data, records, features, forward_emb, proj, extra
     def acc(e):
         return float(np.mean(np.argmax(l2_normalize(e) @ prompts.T, axis=1) == y))
 
-    return {"val_prompt_acc_image": acc(v), "val_prompt_acc_linear_fusion": acc(fuse(v, u)),
-            "val_prompt_acc_slerp": acc(slerp(v, u, 0.5)), "val_fusion_n": len(keep)}
+    return {"val_prompt_acc_image": acc(v), "val_prompt_acc_linear_fusion": acc(fuse_by("linear", v, u)),
+            "val_prompt_acc_slerp": acc(fuse_by("slerp", v, u)), "val_fusion_n": len(keep)}
 
 
 def _save_checkpoint(path: Path, obj: dict) -> None:
