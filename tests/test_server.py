@@ -369,6 +369,24 @@ def test_uploaded_gallery_image_is_not_its_own_neighbour(client, model, sample):
     assert res["results"] and not set(own) & {h["id"] for h in res["results"]}
 
 
+def test_an_uploaded_jpeg_gets_the_vector_its_file_gets(client, model, sample, tmp_path):
+    """Uploads decode as files do (a large JPEG at the encoder's reduced scale): same prediction, same hits."""
+    name, data, _ = sample
+    big = tmp_path / "big.jpg"
+    Image.open(io.BytesIO(data)).convert("RGB").resize((1600, 1200), Image.Resampling.BICUBIC).save(big, quality=92)
+    from_file = model.predict([big])[0]
+    r = client.post("/api/classify", files=upload("big.jpg", big.read_bytes(), "image/jpeg"))
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["label"] == from_file["label"]
+    assert got["probabilities"] == pytest.approx(from_file["probabilities"], abs=1e-6)
+    res = client.post("/api/search", files=upload("big.jpg", big.read_bytes(), "image/jpeg"),
+                      data={"k": "5", "filter": "none"}).json()
+    ref = model.search_image(big, k=5, filter="none")
+    assert [h["id"] for h in res["results"]] == [h["id"] for h in ref["results"]]
+    assert [h["score"] for h in res["results"]] == pytest.approx([h["score"] for h in ref["results"]], abs=1e-6)
+
+
 def test_image_search_k_and_filter_as_query_parameters(client, sample):
     name, data, _ = sample
     r = client.post("/api/search?k=4&filter=none", files=upload(name, data))

@@ -159,7 +159,7 @@ def test_concurrent_uploads_decode_at_most_max_concurrent_at_once(model):
     state = app.state.entrep
     active, peak, guard = [0], [0], threading.Lock()
     gate = threading.Barrier(2, timeout=5)
-    read = state.read_image
+    read = state.read_upload
 
     def counted(file):
         with guard:
@@ -173,7 +173,7 @@ def test_concurrent_uploads_decode_at_most_max_concurrent_at_once(model):
             with guard:
                 active[0] -= 1
 
-    state.read_image = counted
+    state.read_upload = counted
     codes = []
 
     def worker():

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from struct import error as struct_error
@@ -209,6 +210,22 @@ def load_rgb_bytes(data: bytes, *, name: str = "<upload>", max_pixels: int = MAX
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageError(f"{name}: expected image bytes, got {type(data).__name__}")
     return load_rgb(bytes(data), name=name, max_pixels=max_pixels)
+
+
+class UploadedImage(bytes):
+    """An image's validated bytes (e.g. a web upload), standing in for its file.
+
+    Encoders decode it exactly as they decode a file (:func:`load_rgb` with their
+    ``draft_size``), so an uploaded image gets the same vector as the same file on
+    disk. ``sha256`` is its content hash (what search uses to leave the query itself
+    out of its results); ``filename`` is what prediction rows call it.
+    """
+
+    def __new__(cls, data: bytes, *, filename: str | None = None) -> "UploadedImage":
+        obj = super().__new__(cls, data)
+        obj.filename = filename
+        obj.sha256 = hashlib.sha256(obj).hexdigest()
+        return obj
 
 
 def load_images(paths: Iterable[str | Path], *, skip_bad: bool = False) -> tuple[list[Image.Image], list[int]]:

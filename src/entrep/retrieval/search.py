@@ -13,6 +13,8 @@ restricted to the class the text names ("auto") or to a given class.
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -69,11 +71,19 @@ def allowed_labels(model, filter: str, predicted: str | None) -> set[str] | None
 
 
 def _content_hashes(model, images) -> list[str | None]:
-    """Content hash of each query: files through the memo, uploads by the hash the server attached."""
+    """Content hash of each query: files through the memo, bytes (uploads) by their own hash,
+    decoded images by the hash the caller attached (``info["sha256"]``), if any."""
     paths = [im for im in images if isinstance(im, (str, Path))]
     by_path = dict(zip(map(str, paths), model.file_hashes(paths))) if paths else {}
-    return [by_path[str(im)] if isinstance(im, (str, Path)) else
-            (im.info.get("sha256") if isinstance(im, Image.Image) else None) for im in images]
+
+    def one(im) -> str | None:
+        if isinstance(im, (str, Path)):
+            return by_path[str(im)]
+        if isinstance(im, bytes):
+            return getattr(im, "sha256", None) or hashlib.sha256(im).hexdigest()
+        return im.info.get("sha256") if isinstance(im, Image.Image) else None
+
+    return [one(im) for im in images]
 
 
 class ImageHits(NamedTuple):
@@ -224,7 +234,7 @@ def image_hits(model, images, *, k: int = 10, filter: str | None = None, space: 
     return ImageHits(dec, preds, hits, [[float(x.score) for x in row] for row in hits], "hard")
 
 
-def search_image(model, image: str | Path | Image.Image, *, k: int = 10, filter: str | None = None,
+def search_image(model, image: "str | Path | bytes | Image.Image", *, k: int = 10, filter: str | None = None,
                  space: str | None = None, hide_names: bool = False, ranking: str | None = None) -> dict:
     """Similar gallery images for one query image. Returns {"prediction", "filter", "ranking", "results"}.
 

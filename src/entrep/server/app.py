@@ -198,7 +198,7 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
     def classify(file: UploadFile = File(..., description="The image (PNG, JPEG, BMP, TIFF, WebP)."),
                  _one: None = Depends(one_part_per_field)):
         with state.work():
-            image = state.read_image(file)
+            image = state.read_upload(file)
             with state.inference():
                 pred = model.predict([image])[0]
         return state.prediction(pred, file.filename)
@@ -243,7 +243,7 @@ def create_app(model, *, hide_names: bool = False, max_upload_bytes: int = DEFAU
                                      "a class or a group")
         state.require_gallery()
         with state.work():
-            image = state.read_image(file)
+            image = state.read_upload(file)
             with state.inference():
                 res = search_image(model, image, k=k, filter=flt, hide_names=state.hide_names)
         return {"query": {"kind": "image", **({} if state.hide_names or not file.filename else {"image": file.filename})},

@@ -5,7 +5,8 @@ upload or runs the model holds one slot from reading the upload until its
 answer is ready. At most ``max_concurrent`` requests decode or infer at once
 (each decoded image is at most ``max_pixels`` RGB pixels); the rest wait up to
 ``queue_timeout_s`` for a slot and then get 503 with ``Retry-After``. A decoded
-upload is shrunk to at most ``MAX_DECODED_SIDE`` pixels a side at once. Model
+upload is shrunk to at most ``MAX_DECODED_SIDE`` pixels a side at once; a JPEG sent to predict or
+search stays bytes, which the model decodes at reduced scale as it does its files. Model
 calls inside a slot are serialised by one lock (the encoders spread one call
 over all cores already, and they are not written for concurrent use).
 """
@@ -24,7 +25,7 @@ from typing import Any, Iterator
 from fastapi import HTTPException, UploadFile
 from PIL import Image
 
-from entrep.data.images import ImageError, load_rgb, load_rgb_bytes, sniff_format
+from entrep.data.images import ImageError, UploadedImage, load_rgb, sniff_format
 from entrep.errors import UserError
 from entrep.server.queries import DEFAULT_TEXT_QUERIES, ServedModel, TextQueryVectors
 
@@ -37,6 +38,8 @@ DEFAULT_QUEUE_TIMEOUT_S = 30.0
 #: Decoded uploads larger than this (longest side, pixels) are shrunk at once: the encoders read
 #: 224-448 px, and a 49-megapixel RGB copy per flip/hash would otherwise stay alive for the request.
 MAX_DECODED_SIDE = 2048
+#: the box :meth:`ServerState.read_upload` checks a JPEG's decoding in (1/8 scale for any real frame)
+VALIDATE_BOX = (8, 8)
 
 
 def label_parts(taxonomy, label: str) -> dict[str, str | None]:
@@ -121,21 +124,45 @@ class ServerState:
             yield
 
     # ---- inputs -----------------------------------------------------------
-    def read_image(self, upload: UploadFile) -> Image.Image:
-        """Decode an uploaded image safely (call inside :meth:`work`); HTTP 4xx with a one-line reason otherwise."""
+    def _read_bytes(self, upload: UploadFile) -> tuple[bytes, str]:
+        """(bytes, name for messages) of an upload within the size limit; HTTP 413 otherwise."""
         data = upload.file.read(self.max_upload_bytes + 1)
         if len(data) > self.max_upload_bytes:
             raise HTTPException(413, self.describe_limit(self.max_upload_bytes))
-        name = "upload" if self.hide_names else (upload.filename or "upload")
+        return data, "upload" if self.hide_names else (upload.filename or "upload")
+
+    def _decode(self, data: bytes, name: str, *, draft_size: tuple[int, int] | None = None) -> Image.Image:
         try:
-            image = load_rgb_bytes(data, name=name, max_pixels=self.max_pixels)
+            return load_rgb(data, name=name, max_pixels=self.max_pixels, draft_size=draft_size)
         except ImageError as e:  # not a format entrep reads -> 415 (no decoder ran); damaged -> 400
             raise HTTPException(415 if data and sniff_format(data[:64]) is None else 400, str(e)) from None
+
+    def _decoded(self, data: bytes, name: str) -> Image.Image:
+        image = self._decode(data, name)
         if max(image.size) > MAX_DECODED_SIDE:
             image.thumbnail((MAX_DECODED_SIDE, MAX_DECODED_SIDE), Image.Resampling.LANCZOS)
         # the upload's content hash: search never returns the query itself when it is in the gallery
         image.info["sha256"] = hashlib.sha256(data).hexdigest()
         return image
+
+    def read_upload(self, upload: UploadFile) -> UploadedImage | Image.Image:
+        """An uploaded image for predict and search (call inside :meth:`work`); HTTP 4xx with a one-line reason.
+
+        A JPEG stays bytes (checked by a decode at 1/8 scale, which still reads the whole
+        stream): the model decodes it as it decodes its files, at each encoder's reduced
+        scale, so it gets the vector its file gets. Other formats cannot be decoded at
+        reduced scale and come back decoded, as from :meth:`read_image` (the same vector
+        as the file's up to ``MAX_DECODED_SIDE`` pixels a side).
+        """
+        data, name = self._read_bytes(upload)
+        if sniff_format(data[:64]) != "JPEG":
+            return self._decoded(data, name)
+        self._decode(data, name, draft_size=VALIDATE_BOX)
+        return UploadedImage(data)
+
+    def read_image(self, upload: UploadFile) -> Image.Image:
+        """Decode an uploaded image safely (call inside :meth:`work`); HTTP 4xx with a one-line reason otherwise."""
+        return self._decoded(*self._read_bytes(upload))
 
     def require_gallery(self) -> None:
         if self.gallery_size == 0:
