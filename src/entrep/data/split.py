@@ -43,6 +43,26 @@ class Splits(dict):
         self.info = info
 
 
+def group_keys(records: Sequence, hashes: Sequence[str], pattern: re.Pattern | None = None) -> tuple[list[list[str]], int]:
+    """The split's grouping rule: per record the keys it shares with the rest of its group (its content
+    hash, its ``Record.group``, the id ``pattern`` finds in its name), and how many names the pattern
+    found no id in. :func:`entrep.data.hashing.components_sharing` turns the keys into groups."""
+    keys: list[list[str]] = []
+    unmatched = 0
+    for rec, sha in zip(records, hashes):
+        k = [f"sha:{sha}"]
+        if rec.group:
+            k.append(f"group:{rec.group}")
+        if pattern is not None:
+            gid = _pattern_id(pattern, rec.name)
+            if gid is None:
+                unmatched += 1
+            else:
+                k.append(f"id:{gid}")
+        keys.append(k)
+    return keys, unmatched
+
+
 def split_dataset(
     ds: Dataset,
     *,
@@ -71,19 +91,7 @@ def split_dataset(
 
     # canonical order: independent of the order records came in
     order = sorted(range(len(recs)), key=lambda i: (recs[i].name, str(recs[i].image), hashes[i]))
-    keys: list[list[str]] = []
-    unmatched = 0
-    for i in order:
-        k = [f"sha:{hashes[i]}"]
-        if recs[i].group:
-            k.append(f"group:{recs[i].group}")
-        if pattern is not None:
-            gid = _pattern_id(pattern, recs[i].name)
-            if gid is None:
-                unmatched += 1
-            else:
-                k.append(f"id:{gid}")
-        keys.append(k)
+    keys, unmatched = group_keys([recs[i] for i in order], [hashes[i] for i in order], pattern)
     if pattern is not None:
         if unmatched == len(recs):
             raise DataError(f"group pattern {group_pattern!r} matched no file name (e.g. {recs[order[0]].name!r})")

@@ -64,10 +64,11 @@ def _noop(_: str) -> None:
 def image_groups(ds: Dataset, hashes=None) -> np.ndarray:
     """Group id of every record, by the split's rule: same file content or same ``Record.group``."""
     from entrep.data.hashing import HashCache, components_sharing
+    from entrep.data.split import group_keys
 
     recs = ds.records
     sha = (hashes or HashCache()).sha256([r.image for r in recs])
-    keys = [[f"sha:{h}"] + ([f"group:{r.group}"] if r.group else []) for r, h in zip(recs, sha)]
+    keys, _ = group_keys(recs, sha)
     gid = np.empty(len(recs), dtype=np.int64)
     for g, members in enumerate(components_sharing(keys)):
         gid[members] = g
