@@ -237,6 +237,32 @@ def bench_pipeline(variant: str, files: dict[str, list[Path]], batch: int, onnx_
     return rows
 
 
+def bench_openvino(label: str, enc, files: dict[str, list[Path]], batch: int, reps: int, threads: int,
+                   onnx_dir: Path) -> dict:
+    """Model-only img/s of the encoder's cached ONNX graph compiled by OpenVINO (the alternative CPU
+    runtime issue 14 names), beside ONNX Runtime's on the same batch; ``--openvino`` (pip install openvino)."""
+    import openvino as ov
+
+    from entrep.encoders import onnx_runtime
+
+    if enc.use_runtime("onnx", cache_dir=onnx_dir) != "onnx":
+        return {"encoder": label, "note": "no ONNX graph (export failed)"}
+    graph = onnx_runtime.graph_path(onnx_dir, enc)
+    compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                                           "PERFORMANCE_HINT": "LATENCY",
+                                                           "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    x = np.stack([enc.preprocess_array(enc.load_image(p)) for p in files["jpg"][:batch]])
+    t_ov = timed(lambda: request.infer({0: x}), reps) / len(x)
+    t_ort = timed(lambda: enc.encode_tensor(x), reps) / len(x)
+    got = request.infer({0: x})[compiled.output(0)]
+    got = got / np.linalg.norm(got, axis=1, keepdims=True)
+    ref = enc.encode_tensor(x).numpy()
+    return {"encoder": label, "openvino": ov.__version__, "openvino_images_per_s": round(1 / t_ov, 2),
+            "onnxruntime_images_per_s": round(1 / t_ort, 2), "openvino_over_onnxruntime": round(t_ort / t_ov, 2),
+            "max_abs_diff_normalised": float(np.abs(got - ref).max())}
+
+
 def bench_text(enc, n: int, batch: int, reps: int, peak: float) -> dict:
     """MiniLM on short captions (torch): texts/s and its share of the matmul rate."""
     base = ["a spur on the septum", "edema and erythema of the arytenoid cartilages", "the tympanic membrane is intact",
@@ -277,6 +303,8 @@ def main() -> None:
     ap.add_argument("--coldstart", action="store_true", help="add the cold-start section (bench_coldstart.measure)")
     ap.add_argument("--coldstart-images", type=int, default=200)
     ap.add_argument("--skip-pipeline", action="store_true", help="no ONNX Runtime threads x decode threads table")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also time each EfficientNet-Lite graph on OpenVINO, model only (needs pip install openvino)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -300,6 +328,11 @@ def main() -> None:
         if "onnx" in runtimes and not args.skip_pipeline:
             for variant in [v.strip() for v in args.encoders.split(",") if v.strip()]:
                 pipeline += bench_pipeline(variant, files, args.batch_size, work / "onnx")
+        openvino = []
+        if args.openvino:
+            for variant in [v.strip() for v in args.encoders.split(",") if v.strip()]:
+                openvino.append(bench_openvino(f"effnet-{variant} (grid2)", build_image_encoder(f"effnet-{variant}", device="cpu"),
+                                               files, args.batch_size, args.reps, args.threads, work / "onnx"))
         if not args.skip_vit:
             for label, arch in (("ViT-B/16 224 (BiomedCLIP tower, random)", "vit_base_patch16_224"),
                                 ("ViT-B/14 224 (DINOv2, random)", "vit_base_patch14_dinov2")):
@@ -356,6 +389,9 @@ def main() -> None:
         for r in pipeline:
             print(f"| {r['encoder']} | {r['ort_threads']} | {r['decode_threads']} | {r['encode_jpg_per_s']} | "
                   f"{r['encode_png_per_s']} |")
+    for r in openvino:
+        print(f"\n{r['encoder']} model only: OpenVINO {r.get('openvino_images_per_s')} img/s, ONNX Runtime "
+              f"{r.get('onnxruntime_images_per_s')} img/s ({r.get('openvino_over_onnxruntime')}x){' ' + r['note'] if 'note' in r else ''}", end="")
     if text:
         print(f"\n{text['encoder']} (torch, ~12-token captions): {text['texts_per_s']} texts/s, "
               f"{text['gflop_per_text']} GFLOP/text, {text['gflop_per_s']} GFLOP/s", end="")
@@ -368,6 +404,8 @@ def main() -> None:
                        "onnxruntime": onnxruntime.__version__},
            "matmul_peak_gflops": round(peak, 1), "mem_bandwidth_gbs": round(bw, 1),
            "images": args.images, "batch_size": args.batch_size, "rows": rows, "pipeline": pipeline}
+    if openvino:
+        out["openvino"] = openvino
     if text:
         out["text"] = text
     if gpu:
