@@ -165,15 +165,20 @@ def test_classify_reads_jpeg_and_grayscale(client):
         (b"this is a clinical note, not a picture", 415, "not an image"),
         (b"", 400, "empty"),
         (None, 400, "truncated"),  # filled in below: half of a real PNG
+        ("jpeg", 400, "truncated"),  # half of a real JPEG (a JPEG is checked by a decode at 1/8 scale)
         (forged_png(9_000, 6_000), 400, "pixels"),  # over the server's 50 MP limit
         (forged_png(40_000, 40_000), 400, "pixels"),  # PIL's own bomb guard
     ],
-    ids=["not-an-image", "empty", "truncated", "over-pixel-limit", "decompression-bomb"],
+    ids=["not-an-image", "empty", "truncated", "truncated-jpeg", "over-pixel-limit", "decompression-bomb"],
 )
 @pytest.mark.parametrize("path", ["/api/classify", "/api/search"])
 def test_bad_uploads_get_clear_4xx(client, sample, path, data, status, words):
     if data is None:
         data = sample[1][: len(sample[1]) // 2]
+    elif data == "jpeg":
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(sample[1])).convert("RGB").resize((1280, 960)).save(buf, format="JPEG")
+        data = buf.getvalue()[: len(buf.getvalue()) // 2]
     r = client.post(path, files=upload("scan.png", data))
     assert r.status_code == status, r.text
     detail = r.json()["detail"]

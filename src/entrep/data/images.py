@@ -218,12 +218,11 @@ class UploadedImage(bytes):
     Encoders decode it exactly as they decode a file (:func:`load_rgb` with their
     ``draft_size``), so an uploaded image gets the same vector as the same file on
     disk. ``sha256`` is its content hash (what search uses to leave the query itself
-    out of its results); ``filename`` is what prediction rows call it.
+    out of its results).
     """
 
-    def __new__(cls, data: bytes, *, filename: str | None = None) -> "UploadedImage":
+    def __new__(cls, data: bytes) -> "UploadedImage":
         obj = super().__new__(cls, data)
-        obj.filename = filename
         obj.sha256 = hashlib.sha256(obj).hexdigest()
         return obj
 

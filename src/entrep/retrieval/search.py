@@ -14,7 +14,6 @@ restricted to the class the text names ("auto") or to a given class.
 from __future__ import annotations
 
 import hashlib
-
 import logging
 from pathlib import Path
 from typing import NamedTuple
