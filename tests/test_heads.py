@@ -166,6 +166,15 @@ def test_internal_holdout_never_takes_every_row_of_a_class():
         assert 2 not in set(y[model.holdout_index_])
 
 
+def test_a_small_set_with_under_ten_rows_per_class_still_holds_rows_out():
+    X, y = _blobs(6, C=3, D=8, seed=13)  # 6 rows a class: fewer than the 10 folds of a 10% holdout
+    model = HeadClassifier(max_epochs=3).fit(X, y)
+    held = model.holdout_index_
+    assert held is not None and 0 < len(held) < len(y)
+    assert set(y[np.setdiff1d(np.arange(len(y)), held)]) == {0, 1, 2}
+    assert model.history_["val_loss"][0] is not None
+
+
 def test_sklearn_clone_and_set_params_work_without_sklearn_in_entrep():
     from sklearn.base import clone
 

@@ -149,7 +149,12 @@ def group_holdout(
     n_groups = int(group_codes.max()) + 1
     if n_groups < 2 or n < 4:
         return None
-    n_splits = min(max(2, int(round(1.0 / fraction))), n_groups)
+    # StratifiedGroupKFold refuses more folds than the largest class has rows (small data sets): fewer folds
+    # then, i.e. a somewhat larger holdout
+    largest = int(np.unique(y, return_counts=True)[1].max())
+    n_splits = min(max(2, int(round(1.0 / fraction))), n_groups, largest)
+    if n_splits < 2:
+        return None
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "least populated class has fewer members than n_splits" is expected for rare classes
