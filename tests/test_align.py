@@ -108,6 +108,24 @@ def test_state_round_trips_exactly_through_npz_and_json(tmp_path, fitted):
         JointAlignment.from_state(state)
 
 
+@pytest.mark.parametrize("image_hidden", [None, 32])
+def test_numpy_towers_equal_the_torch_towers_loaded_from_the_state(image_hidden):
+    from entrep.classify.torch_nets import Tower
+
+    means = _spaces(D_img=80, D_txt=40)
+    V, U, tid, y = _pairs(means, 60, seed=3)  # fewer rows than image features: a folded row-space basis
+    model = JointAlignment(dim=16, epochs=3, image_hidden=image_hidden).fit(V, U, text_ids=tid, labels=y)
+    state = model.get_state()
+    for prefix, X, d, hidden, got in (("image_tower.", V, 80, image_hidden, model.transform_images(V)),
+                                      ("text_tower.", U, 40, None, model.transform_texts(U))):
+        tower = Tower(d, 16, hidden)
+        tower.load_state_dict({k[len(prefix):]: torch.from_numpy(np.asarray(v)) for k, v in state.items()
+                               if k.startswith(prefix)}, strict=True)
+        with torch.no_grad():
+            ref = tower.eval()(torch.from_numpy(X)).numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+
+
 def test_held_out_pairs_drive_early_stopping():
     means = _spaces(D_img=80, D_txt=40, seed=10)
     V, U, tid, y = _pairs(means, 175, seed=11)

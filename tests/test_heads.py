@@ -111,6 +111,24 @@ def test_state_round_trips_exactly_through_npz_and_json(tmp_path):
         HeadClassifier.from_state(state)
 
 
+def test_numpy_inference_equals_the_torch_module_in_eval_mode():
+    X, y = _blobs(40, C=4, D=24, seed=12)
+    model = HeadClassifier(hidden=(32, 16), max_epochs=5).fit(X, y)
+    head = model.module()
+    assert isinstance(head, MLPHead) and not head.training
+    with torch.no_grad():
+        logits = head(torch.from_numpy(X)).numpy()
+        hidden = head.net[:-1](torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(model.decision_function(X), logits, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(model.embed(X), hidden, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(model.predict(X), model.classes_[logits.argmax(1)])
+    # non-finite saved weights are a damaged model, not NaN predictions
+    state = model.get_state()
+    state["head.net.4.bias"] = np.full_like(state["head.net.4.bias"], np.nan)
+    with pytest.raises(ModelError, match="non-finite"):
+        HeadClassifier.from_state(state)
+
+
 def test_use_before_fit_is_a_clear_not_fitted_error():
     with pytest.raises(NotFittedError, match="fit"):
         HeadClassifier().predict(np.ones((2, 4)))

@@ -2,8 +2,8 @@
 
 Input validation (feature matrices, label vectors), the not-fitted error, a
 seeded and deterministic torch context that leaves global state as it found
-it, the group-aware stratified holdout, and (de)serialisation of torch module
-weights into plain numpy arrays for model bundles.
+it, and the group-aware stratified holdout. Fitted weights are numpy arrays
+(:mod:`entrep.classify.npnets`).
 """
 
 from __future__ import annotations
@@ -205,36 +205,6 @@ def seeded_torch(seed: int, *, device: str = "cpu") -> Iterator[None]:
             torch.set_num_threads(threads)
             if cuda:
                 torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
-
-
-@contextlib.contextmanager
-def untouched_rng() -> Iterator[None]:
-    """Build modules whose random initial weights are about to be overwritten
-    (loading a saved state) without moving the global torch RNG."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        yield
-
-
-def module_to_arrays(module, prefix: str) -> dict[str, np.ndarray]:
-    """A torch module's ``state_dict`` as ``{prefix + key: numpy array}`` copies."""
-    return {prefix + k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
-
-
-def arrays_to_module(module, state: Mapping[str, object], prefix: str, *, what: str) -> None:
-    """Load ``prefix``-ed arrays into ``module`` strictly; missing/unexpected keys are an error."""
-    import torch
-
-    sd = {k[len(prefix):]: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items() if k.startswith(prefix)}
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
-    if missing or unexpected:
-        raise ModelError(f"{what}: saved weights do not match the architecture (missing {missing}, unexpected {unexpected})")
-    try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{what}: saved weights do not fit the architecture: {str(exc).splitlines()[0]}") from None
 
 
 def state_param(state: Mapping[str, object], key: str, what: str):

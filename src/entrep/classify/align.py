@@ -28,24 +28,19 @@ import numbers
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
+from entrep.classify import npnets
 from entrep.classify._common import (
     Estimator,
     FeatureError,
-    arrays_to_module,
     check_features,
     check_groups,
     check_kind,
     check_labels,
     group_holdout,
-    module_to_arrays,
     require_fitted,
     seeded_torch,
     state_param,
-    untouched_rng,
 )
 
 log = logging.getLogger(__name__)
@@ -57,25 +52,6 @@ _PARAMS = (
     "dim", "epochs", "lr", "temperature", "seed", "weight_decay", "batch_size", "patience",
     "prompt_weight", "class_positives", "image_hidden", "val_fraction",
 )
-
-
-class _Tower(nn.Module):
-    """Standardise (centre, one global scale), project, L2-normalise.
-
-    The mean and scale are buffers, so they travel in the ``state_dict``.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: int | None) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("scale", torch.ones(1))
-        if hidden:
-            self.proj = nn.Sequential(nn.Linear(in_dim, int(hidden)), nn.GELU(), nn.Linear(int(hidden), out_dim))
-        else:
-            self.proj = nn.Linear(in_dim, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj((x - self.mean) / self.scale), dim=-1)
 
 
 def _standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -105,19 +81,16 @@ def _row_space_basis(Xc: np.ndarray) -> np.ndarray | None:
     return np.ascontiguousarray(basis, dtype=np.float32)
 
 
-def _fold(trained: _Tower, in_dim: int, out_dim: int, hidden: int | None,
-          mean: np.ndarray, scale: float, basis: np.ndarray | None) -> _Tower:
-    """The deployable tower: raw features in, the trained reduced tower's maths inside."""
-    tower = _Tower(in_dim, out_dim, hidden)
-    sd = {k: v.detach().clone() for k, v in trained.proj.state_dict().items()}
+def _fold(trained, hidden: int | None, mean: np.ndarray, scale: float, basis: np.ndarray | None) -> dict:
+    """The deployable tower's weights (:func:`npnets.tower_shapes` layout): raw features in, the trained reduced
+    tower's maths inside."""
+    w = {k: v for k, v in npnets.weights_of(trained.proj).items()}
     if basis is not None:
         first = "0.weight" if hidden else "weight"
-        sd[first] = sd[first] @ torch.from_numpy(basis)
-    with torch.no_grad():
-        tower.proj.load_state_dict(sd)
-        tower.mean.copy_(torch.from_numpy(mean))
-        tower.scale.fill_(scale)
-    return tower.eval()
+        w[first] = (w[first] @ basis).astype(np.float32)
+    out = {"mean": np.asarray(mean, dtype=np.float32).copy(), "scale": np.full(1, scale, dtype=np.float32)}
+    out.update({f"proj.{k}": v for k, v in w.items()})
+    return out
 
 
 def text_to_image_recall(
@@ -146,7 +119,7 @@ class JointAlignment(Estimator):
     generalises best with ~1k images); ``val_fraction`` of pairs held out for
     early stopping when no ``val`` is given; ``seed``.
 
-    Fitted: ``image_tower_``, ``text_tower_`` (torch modules), ``history_``,
+    Fitted: ``image_tower_``, ``text_tower_`` (float32 weight arrays, :func:`npnets.tower_shapes`; applied in numpy), ``history_``,
     ``best_epoch_``, ``n_image_features_in_``, ``n_text_features_in_``.
     """
 
@@ -235,6 +208,8 @@ class JointAlignment(Estimator):
         Us, u_mean, u_scale = _standardise(U[train_idx])
         v_basis, u_basis = _row_space_basis(Vs), _row_space_basis(Us)
 
+        import torch
+
         def prepare(X, mean, scale, basis):
             Xs = (X - mean) / np.float32(scale)
             return torch.from_numpy(np.ascontiguousarray(Xs if basis is None else Xs @ basis.T, dtype=np.float32))
@@ -253,8 +228,8 @@ class JointAlignment(Estimator):
                 torch.from_numpy(tid[train_idx]), torch.from_numpy(y[train_idx]),
                 prepare(P, u_mean, u_scale, u_basis), torch.from_numpy(cls_target[train_idx]), val_t,
             )
-            self.image_tower_ = _fold(img, V.shape[1], self.dim, self.image_hidden, v_mean, v_scale, v_basis)
-            self.text_tower_ = _fold(txt, U.shape[1], self.dim, None, u_mean, u_scale, u_basis)
+            self.image_tower_ = _fold(img, self.image_hidden, v_mean, v_scale, v_basis)
+            self.text_tower_ = _fold(txt, None, u_mean, u_scale, u_basis)
         return self
 
     def _check_params(self) -> None:
@@ -277,6 +252,8 @@ class JointAlignment(Estimator):
 
     def _pair_loss(self, a, b, tid, y):
         """Multi-positive symmetric InfoNCE between unit image rows ``a`` and text rows ``b``."""
+        import torch.nn.functional as F
+
         logits = a @ b.T / self.temperature
         pos = self._positives(tid, y)
         i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -285,12 +262,18 @@ class JointAlignment(Estimator):
 
     def _prompt_loss(self, a, q, cls_target):
         """Cross-entropy of images against the projected class prompts ``q``."""
+        import torch.nn.functional as F
+
         return F.cross_entropy(a @ q.T / self.temperature, cls_target)
 
-    def _train(self, V, U, tid, y, P, cls_target, val) -> tuple[_Tower, _Tower]:
-        """Optimise both towers on standardised (and row-space reduced) inputs; returns them."""
-        img = _Tower(V.shape[1], self.dim, self.image_hidden)
-        txt = _Tower(U.shape[1], self.dim, None)
+    def _train(self, V, U, tid, y, P, cls_target, val):
+        """Optimise both towers (torch_nets.Tower) on standardised (and row-space reduced) inputs; returns them."""
+        import torch
+
+        from entrep.classify.torch_nets import Tower
+
+        img = Tower(V.shape[1], self.dim, self.image_hidden)
+        txt = Tower(U.shape[1], self.dim, None)
         params = list(img.parameters()) + list(txt.parameters())
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -349,6 +332,8 @@ class JointAlignment(Estimator):
 
         Relevance for the recall is the positives rule (same text, or same class).
         """
+        import torch
+
         Vv, Uv, tv, yv, cls_v = val
         img.eval(), txt.eval()
         with torch.no_grad():
@@ -363,13 +348,8 @@ class JointAlignment(Estimator):
         return loss, recall
 
     # ---- inference -------------------------------------------------------
-    def _apply(self, tower, X, name: str, dim: int) -> np.ndarray:
-        X = check_features(X, name, dim=dim)
-        out = []
-        with torch.no_grad():
-            for start in range(0, X.shape[0], 4096):
-                out.append(tower(torch.from_numpy(X[start:start + 4096])).numpy())
-        return np.concatenate(out).astype(np.float32, copy=False)
+    def _apply(self, tower: dict, X, name: str, dim: int) -> np.ndarray:
+        return npnets.tower_forward(tower, check_features(X, name, dim=dim))
 
     def transform_images(self, V: np.ndarray) -> np.ndarray:
         """Image features -> unit-norm joint embeddings, ``(N, dim)`` float32."""
@@ -391,8 +371,8 @@ class JointAlignment(Estimator):
         state["n_text_features_in_"] = self.n_text_features_in_
         state["best_epoch_"] = self.best_epoch_
         state["history_"] = {k: list(v) for k, v in self.history_.items()}
-        state.update(module_to_arrays(self.image_tower_, "image_tower."))
-        state.update(module_to_arrays(self.text_tower_, "text_tower."))
+        state.update(npnets.state_arrays(self.image_tower_, "image_tower."))
+        state.update(npnets.state_arrays(self.text_tower_, "text_tower."))
         return state
 
     @classmethod
@@ -405,10 +385,8 @@ class JointAlignment(Estimator):
         model.n_text_features_in_ = int(state_param(state, "n_text_features_in_", what))
         model.best_epoch_ = int(state_param(state, "best_epoch_", what))
         model.history_ = {k: list(v) for k, v in dict(state_param(state, "history_", what)).items()}
-        with untouched_rng():
-            img = _Tower(model.n_image_features_in_, model.dim, model.image_hidden)
-            txt = _Tower(model.n_text_features_in_, model.dim, None)
-        arrays_to_module(img, state, "image_tower.", what=f"{what} image tower")
-        arrays_to_module(txt, state, "text_tower.", what=f"{what} text tower")
-        model.image_tower_, model.text_tower_ = img.eval(), txt.eval()
+        img = npnets.tower_shapes(model.n_image_features_in_, int(model.dim), model.image_hidden)
+        txt = npnets.tower_shapes(model.n_text_features_in_, int(model.dim), None)
+        model.image_tower_ = npnets.weights_from_state(state, "image_tower.", img, what=f"{what} image tower")
+        model.text_tower_ = npnets.weights_from_state(state, "text_tower.", txt, what=f"{what} text tower")
         return model

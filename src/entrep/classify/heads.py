@@ -17,60 +17,36 @@ import logging
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
+from entrep.classify import npnets
 from entrep.classify._common import (
     ClassifierEstimator,
     FeatureError,
-    arrays_to_module,
     check_features,
     check_groups,
     check_kind,
     check_labels,
     group_holdout,
-    module_to_arrays,
     require_fitted,
     seeded_torch,
     state_param,
-    untouched_rng,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MLPHead", "HeadClassifier"]
 
+
+def __getattr__(name: str):
+    if name == "MLPHead":  # the torch module lives with the other training modules (imports torch on use)
+        from entrep.classify.torch_nets import MLPHead
+
+        return MLPHead
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 #: an epoch must lower the validation loss by this much to count as progress (stops long tails)
 _MIN_DELTA = 1e-4
 _PARAMS = ("hidden", "dropout", "lr", "weight_decay", "max_epochs", "batch_size", "patience", "oversample", "seed", "device")
-_EVAL_CHUNK = 4096
-
-
-class MLPHead(nn.Module):
-    """The paper's head: LayerNorm -> Dropout -> [Linear -> GELU] per hidden width -> Linear.
-
-    ``MLPHead(in_dim, n_classes)`` is LayerNorm(in_dim), Dropout(0.3),
-    Linear(in_dim, 256), GELU, Linear(256, 128), GELU, Linear(128, n_classes);
-    ``forward`` returns logits. ``.net`` is the ``nn.Sequential``.
-    """
-
-    def __init__(self, in_dim: int, n_classes: int, hidden: Sequence[int] = (256, 128), dropout: float = 0.3) -> None:
-        super().__init__()
-        in_dim, n_classes, hidden = int(in_dim), int(n_classes), tuple(int(h) for h in hidden)
-        if in_dim < 1 or n_classes < 1 or any(h < 1 for h in hidden):
-            raise FeatureError(f"MLPHead: bad sizes in_dim={in_dim}, n_classes={n_classes}, hidden={hidden}")
-        layers: list[nn.Module] = [nn.LayerNorm(in_dim), nn.Dropout(float(dropout))]
-        width = in_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.GELU()]
-            width = h
-        layers.append(nn.Linear(width, n_classes))
-        self.net = nn.Sequential(*layers)
-        self.in_dim, self.n_classes = in_dim, n_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 class HeadClassifier(ClassifierEstimator):
@@ -85,7 +61,8 @@ class HeadClassifier(ClassifierEstimator):
     always lives on the CPU).
 
     Fitted: ``classes_`` (label ids, the column order of ``predict_proba``),
-    ``head_`` (the module), ``history_`` (per epoch: ``train_loss``,
+    ``weights_`` (the head's float32 arrays by ``state_dict`` key; :meth:`module` rebuilds the torch
+    module, inference runs in numpy, :mod:`entrep.classify.npnets`), ``history_`` (per epoch: ``train_loss``,
     ``val_loss``, ``val_accuracy``), ``best_epoch_`` (1-based; its weights are
     the ones kept), ``n_features_in_``.
     """
@@ -187,6 +164,11 @@ class HeadClassifier(ClassifierEstimator):
             raise FeatureError(f"HeadClassifier: lr must be positive, got {self.lr!r}")
 
     def _train(self, Xt: np.ndarray, yt: np.ndarray, Xv: np.ndarray | None, yv: np.ndarray | None) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from entrep.classify.torch_nets import MLPHead
+
         dev = torch.device(self.device)
         C = len(self.classes_)
         head = MLPHead(Xt.shape[1], C, self.hidden, self.dropout).to(dev)
@@ -228,7 +210,7 @@ class HeadClassifier(ClassifierEstimator):
                 history["val_accuracy"].append(None)
                 best_epoch = epoch
                 continue
-            logits = self._logits(head, Xv, dev)
+            logits = _eval_logits(head, Xv, dev)
             yv_t = torch.from_numpy(yv)
             val_loss = float(F.cross_entropy(logits, yv_t, weight=val_w))
             history["val_loss"].append(val_loss)
@@ -242,7 +224,7 @@ class HeadClassifier(ClassifierEstimator):
                     break
         if best_state is not None:
             head.load_state_dict(best_state)
-        self.head_ = head.cpu().eval()
+        self.weights_ = npnets.weights_of(head)
         self.history_ = history
         self.best_epoch_ = int(best_epoch)
         log.info(
@@ -250,22 +232,12 @@ class HeadClassifier(ClassifierEstimator):
             "n/a" if Xv is None else f"{best_loss:.4f}",
         )
 
-    @staticmethod
-    def _logits(head, X: np.ndarray, dev):
-        """Full-batch (chunked) evaluation-mode logits on the CPU."""
-        head.eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, X.shape[0], _EVAL_CHUNK):
-                out.append(head(torch.from_numpy(X[start:start + _EVAL_CHUNK]).to(dev)).float().cpu())
-        return torch.cat(out)
-
     # ---- inference -------------------------------------------------------
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Logits ``(N, C)`` float32, columns in ``classes_`` order."""
-        require_fitted(self, "head_")
+        require_fitted(self, "weights_")
         X = check_features(X, "X", dim=self.n_features_in_)
-        return self._logits(self.head_, X, "cpu").numpy()
+        return npnets.mlp_forward(self.weights_, X, len(self.hidden))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Softmax class probabilities ``(N, C)`` float64, columns in ``classes_`` order."""
@@ -281,15 +253,26 @@ class HeadClassifier(ClassifierEstimator):
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Penultimate activations ``(N, hidden[-1])`` float32: a compact, class-discriminative embedding
         (used as the "head" space of image->image search)."""
-        require_fitted(self, "head_")
+        require_fitted(self, "weights_")
         X = check_features(X, "X", dim=self.n_features_in_)
-        body = self.head_.net[:-1]
-        return self._logits(body, X, "cpu").numpy()
+        return npnets.mlp_forward(self.weights_, X, len(self.hidden), penultimate=True)
+
+    def module(self):
+        """The fitted head as a torch :class:`~entrep.classify.torch_nets.MLPHead` in evaluation mode (a copy;
+        inference here runs in numpy)."""
+        import torch
+
+        from entrep.classify.torch_nets import MLPHead
+
+        require_fitted(self, "weights_")
+        head = MLPHead(self.n_features_in_, len(self.classes_), self.hidden, self.dropout)
+        head.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.weights_.items()}, strict=True)
+        return head.eval()
 
     # ---- saving ----------------------------------------------------------
     def get_state(self) -> dict:
         """Fitted state: numpy arrays plus JSON-able values; :meth:`from_state` inverts it exactly."""
-        require_fitted(self, "head_")
+        require_fitted(self, "weights_")
         params = {k: getattr(self, k) for k in _PARAMS}
         params["hidden"] = [int(h) for h in self.hidden]
         params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in params.items()}
@@ -301,7 +284,7 @@ class HeadClassifier(ClassifierEstimator):
             "best_epoch_": self.best_epoch_,
             "history_": {k: list(v) for k, v in self.history_.items()},
         }
-        state.update(module_to_arrays(self.head_, "head."))
+        state.update(npnets.state_arrays(self.weights_, "head."))
         return state
 
     @classmethod
@@ -315,8 +298,17 @@ class HeadClassifier(ClassifierEstimator):
         model.classes_ = np.asarray(state_param(state, "classes_", what), dtype=np.int64)
         model.best_epoch_ = int(state_param(state, "best_epoch_", what))
         model.history_ = {k: list(v) for k, v in dict(state_param(state, "history_", what)).items()}
-        with untouched_rng():
-            head = MLPHead(model.n_features_in_, len(model.classes_), model.hidden, model.dropout)
-        arrays_to_module(head, state, "head.", what=what)
-        model.head_ = head.eval()
+        shapes = npnets.mlp_shapes(model.n_features_in_, len(model.classes_), model.hidden)
+        model.weights_ = npnets.weights_from_state(state, "head.", shapes, what=what)
         return model
+
+
+def _eval_logits(head, X: np.ndarray, dev):
+    """Evaluation-mode logits of the torch head during training (chunked, on the CPU)."""
+    import torch
+
+    head.eval()
+    with torch.no_grad():
+        out = [head(torch.from_numpy(X[s:s + npnets.CHUNK]).to(dev)).float().cpu()
+               for s in range(0, X.shape[0], npnets.CHUNK)]
+    return torch.cat(out)
