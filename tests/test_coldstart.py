@@ -215,32 +215,48 @@ def test_cached_predict_builds_nothing_and_text_search_builds_only_the_text_towe
     assert built == ["clip_text"]  # a text miss builds the text tower only
 
 
-def test_uncached_predict_builds_one_image_encoder_and_no_text_tower(small_model, tmp_path, monkeypatch):
+def test_uncached_predict_builds_at_most_one_image_encoder_and_no_text_tower(small_model, tmp_path, monkeypatch):
     from PIL import Image
 
     from entrep.model import load_model
 
     root, images = small_model
-    new = tmp_path / "new.png"
-    Image.open(images[0]).convert("RGB").rotate(7).save(new)
+    new = [tmp_path / f"new{i}.png" for i in range(2)]
+    for i, p in enumerate(new):
+        Image.open(images[i]).convert("RGB").rotate(7).save(p)
     built = _counting(monkeypatch)
-    model = load_model(root / "model", cache=root / "cache", device="cpu")
-    model.predict([new])
+    model = load_model(root / "model", cache=root / "cache", device="cpu", runtime="torch")
+    model.predict(new[:1])
     assert built == ["clip_image"]  # the offline profile shares one image encoder; never clip_text
+    # on the default runtime the graph the fit cached computes the new image: nothing is built
+    model = load_model(root / "model", cache=root / "cache", device="cpu")
+    model.predict(new[1:])
+    assert built == ["clip_image"] and model.extractor.graph_roles() == ["clip_image"]
 
 
-def test_entrep_predict_does_not_import_the_text_tower(small_model, tmp_path):
+def test_entrep_predict_imports_no_torch_and_no_text_tower(small_model, tmp_path):
+    from PIL import Image
+
     root, images = small_model
     out = tmp_path / "mods.json"
-    code = ("import json, sys\n"
-            "from entrep.cli import main\n"
-            f"sys.argv = ['entrep', 'predict', '--model', {str(root / 'model')!r}, {str(images[0])!r}]\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            f"json.dump(sorted(m for m in ('transformers', 'open_clip', 'timm', 'matplotlib', 'fastapi', 'ray') "
-            f"if m in sys.modules), open({str(out)!r}, 'w'))\n")
-    r = _python(code, {"ENTREP_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(out.read_text()) == []
+    fresh = tmp_path / "never-seen.png"
+    Image.open(images[1]).convert("RGB").rotate(-9).save(fresh)
+
+    def imported(image) -> list[str]:
+        code = ("import json, sys\n"
+                "from entrep.cli import main\n"
+                f"sys.argv = ['entrep', 'predict', '--model', {str(root / 'model')!r}, {str(image)!r}]\n"
+                "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+                f"json.dump(sorted(m for m in ('torch', 'transformers', 'open_clip', 'timm', 'matplotlib', 'fastapi', "
+                f"'ray') if m in sys.modules), open({str(out)!r}, 'w'))\n")
+        r = _python(code, {"ENTREP_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    # heads, alignment and prototypes run in numpy, and the image encoder's graph (cached by the fit) runs
+    # on ONNX Runtime: neither a cached image nor a never-seen one pays for `import torch`
+    assert imported(images[0]) == []
+    assert imported(fresh) == []
 
 
 #: libraries a fully cached `entrep embed` must not import (torch alone is ~2 s of a ~1 s run)

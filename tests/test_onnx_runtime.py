@@ -173,6 +173,44 @@ def test_extractor_runs_image_encoders_on_the_requested_runtime(tmp_path, runtim
     assert np.abs(got - ref).max() <= 1e-4
 
 
+def test_a_cached_graph_computes_new_features_with_no_encoder_built(tmp_path, monkeypatch, caplog, no_network):
+    from entrep.encoders.profiles import Profile, get_profile
+
+    prof, cache = get_profile("offline"), tmp_path / "cache"
+    first = Extractor(prof, cache_root=cache, device="cpu")
+    first.images("clip", _files(tmp_path / "a", 1))  # builds the torch encoder and caches its graph
+    enc = first.image_encoder("clip")
+    assert enc.runtime == "onnx" and enc.onnx_graph.is_file()
+
+    built: list[str] = []
+    real_build = Profile.build
+    monkeypatch.setattr(Profile, "build", lambda self, role, device=None: built.append(role) or real_build(
+        self, role, device=device))
+    new = _files(tmp_path / "b", 2, seed=11)
+    again = Extractor(prof, cache_root=cache, device="cpu")
+    got = again.images("clip", new)
+    assert built == [] and again.built_roles() == [] and again.graph_roles() == ["clip_image"]
+    # the vectors the torch-built encoder gives on ONNX Runtime, from files and from in-memory images
+    np.testing.assert_allclose(got, enc.encode([enc.load_image(p) for p in new]), rtol=0, atol=1e-6)
+    pil = [Image.open(p).convert("RGB") for p in new]
+    np.testing.assert_allclose(again.images("clip", pil), enc.encode(pil), rtol=0, atol=1e-6)
+    # the model itself, when asked for, is the torch encoder
+    assert again.image_encoder("clip").runtime == "onnx" and built == ["clip_image"]
+
+    # --runtime torch never takes the graph
+    torch_run = Extractor(prof, cache_root=cache, device="cpu", runtime="torch")
+    torch_run.images("clip", _files(tmp_path / "c", 1, seed=12))
+    assert torch_run.graph_roles() == [] and built == ["clip_image", "clip_image"]
+
+    # a damaged cached graph: one warning, the torch encoder is built (and re-exports the graph)
+    enc.onnx_graph.write_bytes(b"not an onnx graph")
+    with caplog.at_level(logging.WARNING):
+        hurt = Extractor(prof, cache_root=cache, device="cpu")
+        v = hurt.images("clip", _files(tmp_path / "d", 1, seed=13))
+    assert np.isfinite(v).all() and hurt.graph_roles() == [] and built[-1] == "clip_image"
+    assert any("cached ONNX graph" in r.getMessage() and "unusable" in r.getMessage() for r in caplog.records)
+
+
 def test_extractor_falls_back_for_an_adapted_encoder_that_cannot_export(tmp_path):
     files = _files(tmp_path)
     adapted = NoExportEncoder(seed=5, name="adapted")

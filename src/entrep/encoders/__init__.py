@@ -90,7 +90,7 @@ def describe_encoder(kind: str, name: str, *, weights=None, pooling: str | None 
         return None
     config, digest, precision, cls_name = described
     return EncoderInfo(name=config.name, dim=int(config.dim),
-                       fingerprint=encoder_fingerprint(config, digest, precision, cls_name))
+                       fingerprint=encoder_fingerprint(config, digest, precision, cls_name), config=config)
 
 
 __all__ = [

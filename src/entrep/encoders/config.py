@@ -85,11 +85,13 @@ def options_tuple(options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]
 
 @dataclass(frozen=True)
 class EncoderInfo:
-    """What the feature cache and a model need of an encoder without building it: name, dim, fingerprint."""
+    """What the feature cache and a model need of an encoder without building it: name, dim, fingerprint
+    (and, when described from its registration, the ``config`` it would be built with; not compared)."""
 
     name: str
     dim: int
     fingerprint: str
+    config: Any = field(default=None, compare=False, repr=False)
 
 
 def encoder_fingerprint(config: ImageEncoderConfig | TextEncoderConfig | dict, weights_digest: str, precision: str,

@@ -36,7 +36,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +57,76 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
-def graph_path(cache_dir: str | Path, encoder) -> Path:
-    """``<cache_dir>/<encoder name>-<key>.onnx``, the key from fingerprint + torch version + recipe."""
-    key = hashlib.sha256(f"{encoder.fingerprint}\x00{torch.__version__}\x00{EXPORT_VERSION}".encode()).hexdigest()
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.config.name)
+def _torch_version() -> str:
+    """The installed torch's version, read from its package metadata (no ``import torch``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:  # a torch without metadata (a source tree on sys.path)
+        import torch
+
+        return torch.__version__
+
+
+def graph_file(cache_dir: str | Path, name: str, fingerprint: str) -> Path:
+    """``<cache_dir>/<encoder name>-<key>.onnx``, the key from fingerprint + torch version (the exporter's) +
+    recipe. Needs no built encoder: a cached graph is found from the encoder's config alone
+    (:class:`entrep.encoders.graph_encoder.GraphImageEncoder`)."""
+    key = hashlib.sha256(f"{fingerprint}\x00{_torch_version()}\x00{EXPORT_VERSION}".encode()).hexdigest()
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
     return Path(cache_dir) / f"{safe}-{key[:24]}.onnx"
 
 
-class _Forward(torch.nn.Module):
+def graph_path(cache_dir: str | Path, encoder) -> Path:
+    """:func:`graph_file` of a built encoder."""
+    return graph_file(cache_dir, encoder.config.name, encoder.fingerprint)
+
+
+def default_threads() -> int:
+    """Intra-op threads of a session: torch's count when torch is loaded (they then share the cores alike),
+    else ``OMP_NUM_THREADS`` or the CPUs this process may run on, as torch would choose."""
+    import sys
+
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _forward_module(encoder):
     """The encoder's forward as a module (its model registered, so weights become graph initialisers)."""
+    import torch
 
-    def __init__(self, encoder) -> None:
-        super().__init__()
-        self.encoder_forward = encoder.forward
-        self.model = encoder.model
+    class _Forward(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder_forward = encoder.forward
+            self.model = encoder.model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder_forward(x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.encoder_forward(x)
+
+    return _Forward()
 
 
-def probe_batch(encoder, n: int, seed: int = 0) -> torch.Tensor:
+def probe_batch(encoder, n: int, seed: int = 0):
     """A seeded (n, 3, H, W) batch in the normalised input range."""
+    import torch
+
     h, w = encoder.config.image_size
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, h, w, generator=g)
 
 
-def _export_once(module: torch.nn.Module, x: torch.Tensor, target, dynamo: bool) -> None:
+def _export_once(module, x, target, dynamo: bool) -> None:
+    import torch
+
     kw: dict = {"input_names": ["x"], "output_names": ["y"], "dynamo": dynamo}
     if dynamo:
         kw["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}}
@@ -102,6 +144,8 @@ def _native_stderr_to_debug_log():
     """The TorchScript exporter's C++ side prints whole graphs on a failure (sent to file descriptor 2 here): keep them out of
     the user's terminal (logged at DEBUG) - the reason travels in the exception."""
     import tempfile
+
+    import torch
 
     try:
         saved = os.dup(2)
@@ -127,7 +171,9 @@ def export_forward(encoder) -> bytes:
     """The ONNX graph of ``encoder.forward`` (dynamic batch axis) as bytes; OnnxUnavailable if impossible."""
     if encoder.device.type != "cpu":
         raise OnnxUnavailable(f"the encoder is on {encoder.device.type}, ONNX export runs on CPU here")
-    module = _Forward(encoder).eval()
+    import torch
+
+    module = _forward_module(encoder).eval()
     x = probe_batch(encoder, PROBE_EXPORT_BATCH)
     errors = []
     for dynamo in (False, True):
@@ -154,7 +200,7 @@ class OnnxForward:
         except ImportError as e:
             raise OnnxUnavailable(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
         so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or torch.get_num_threads())
+        so.intra_op_num_threads = int(threads or default_threads())
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -172,20 +218,26 @@ class OnnxForward:
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.threads = so.intra_op_num_threads
 
-    def run(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(B, dim) float32 outputs of a (B, 3, H, W) batch; a float32 C-contiguous array goes in uncopied."""
-        if isinstance(x, torch.Tensor):
-            x = x.detach().to("cpu", torch.float32).numpy()
+    def run(self, x) -> np.ndarray:
+        """(B, dim) float32 outputs of a (B, 3, H, W) batch (array or tensor); a float32 C-contiguous array goes
+        in uncopied."""
+        if not isinstance(x, np.ndarray):  # a torch tensor
+            x = x.detach().to("cpu").float().numpy()
         a = np.ascontiguousarray(x, dtype=np.float32)
         (y,) = self.session.run([self.output_name], {self.input_name: a})
         return y
 
-    def __call__(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def __call__(self, x):
+        """:meth:`run` as a torch tensor."""
+        import torch
+
         return torch.from_numpy(self.run(x))
 
 
 def check_equal(encoder, runner: OnnxForward, n: int = PROBE_CHECK_BATCH) -> float:
     """Max abs difference of L2-normalised outputs, ONNX Runtime vs torch, on a seeded probe batch."""
+    import torch
+
     x = probe_batch(encoder, n, seed=1)
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(encoder.forward(x).float(), dim=-1)
@@ -205,7 +257,7 @@ def prepare(encoder, cache_dir: str | Path | None) -> tuple[OnnxForward, Path | 
     cannot load is logged, rebuilt and replaced. A new graph is checked against
     torch before use and written atomically. OnnxUnavailable when impossible.
     """
-    threads = torch.get_num_threads()
+    threads = default_threads()
     path = graph_path(cache_dir, encoder) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:

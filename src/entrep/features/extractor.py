@@ -57,6 +57,8 @@ class Extractor:
         self._encoders: dict[str, Any] = {r: e for r, e in overrides.items() if r not in self._deferred}
         self._overridden = frozenset(overrides)
         self._infos: dict[str, Any] = {}
+        #: role -> GraphImageEncoder (a cached graph computes the features) or None (it does not)
+        self._graphs: dict[str, Any] = {}
 
     # ---- encoders -------------------------------------------------------
     def _role(self, which: str) -> str:
@@ -73,11 +75,36 @@ class Extractor:
             log.info("building %s encoder of profile %s", role, getattr(self.profile, "name", "?"))
             self._encoders[role] = self.profile.build(role, device=self.device)
         enc = self._encoders[role]
-        from entrep.encoders.base import ImageEncoder
-
-        if isinstance(enc, ImageEncoder) and enc.runtime_requested != self.runtime:
-            enc.use_runtime(self.runtime, cache_dir=self.cache.root / "onnx")
+        use_runtime = getattr(enc, "use_runtime", None)  # image encoders (torch-built)
+        if use_runtime is not None and enc.runtime_requested != self.runtime:
+            use_runtime(self.runtime, cache_dir=self.cache.root / "onnx")
         return enc
+
+    def _computer(self, role: str):
+        """What computes ``role``'s features: its built encoder when there is one; else, for a profile image
+        encoder on CPU whose ONNX graph is cached (runtime auto or onnx), the graph alone
+        (:class:`entrep.encoders.graph_encoder.GraphImageEncoder`: neither torch nor the model is loaded);
+        else the encoder, built now."""
+        if role in self._encoders or role in self._deferred:
+            return self._encoder(role)
+        if role not in self._graphs:
+            self._graphs[role] = None
+            if role != "clip_text" and self.runtime != "torch":
+                from entrep.encoders.devices import resolve_device_type
+
+                if resolve_device_type(self.device) == "cpu":
+                    from entrep.encoders.graph_encoder import cached_graph_encoder
+
+                    self._graphs[role] = cached_graph_encoder(self.info(role), self.cache.root / "onnx",
+                                                              runtime=self.runtime)
+                    if self._graphs[role] is not None:
+                        log.info("encoder %s: runtime onnx from the cached graph %s (no torch model built)",
+                                 self._graphs[role].name, self._graphs[role].onnx_graph)
+        return self._graphs[role] or self._encoder(role)
+
+    def graph_roles(self) -> list[str]:
+        """Roles whose features are computed by a cached ONNX graph alone (no encoder built)."""
+        return sorted(r for r, g in self._graphs.items() if g is not None)
 
     def _encoder(self, role: str):
         """The built encoder of ``role`` (a deferred adapted encoder is built first)."""
@@ -131,8 +158,8 @@ class Extractor:
         if all(isinstance(x, (str, Path)) for x in images):
             return self.cache.image_features(
                 self.info(role), [Path(x) for x in images], view=view, batch_size=self.batch_size,
-                progress=self.progress, build=lambda: self._encoder(role))
-        enc = self._encoder(role)
+                progress=self.progress, build=lambda: self._computer(role))
+        enc = self._computer(role)
         from entrep.data.augment import apply_view
         from entrep.data.images import load_rgb
         from entrep.features.cache import pixel_key
