@@ -9,7 +9,8 @@ more images, then times, each in a fresh subprocess (best of ``--repeats``):
 - ``python -c "import torch"``                                (the floor every command pays)
 - ``entrep predict --model M one.png`` on an empty feature cache (``predict_first_s``: also exports and
   caches the image encoder's runtime graph, which happens once per machine and encoder)
-- the same for an image never seen, the cache kept              (``predict_s``: builds the image encoder)
+- the same for an image never seen, the cache kept              (``predict_s``: the cached graph alone
+  computes its features, no torch model is built)
 - the same command again for that image                        (``predict_cached_s``: every row cached)
 - ``entrep embed DATA --out DIR`` on the ``--images`` images, first run on an empty cache (``embed_first_s``)
   and a re-run into another folder with the cache kept          (``embed_cached_s``: no encoder is built)
@@ -98,7 +99,7 @@ def measure(workdir: str | Path, n_images: int = 200, repeats: int = 3) -> dict:
     predict_first = _run(_entrep("predict", "--model", str(model), str(images[-1])), penv)
     predict, predict_cached = [], []
     for i in range(repeats):
-        one = str(images[i])  # never seen: its features are computed (the image encoder is built)
+        one = str(images[i])  # never seen: its features are computed (by the cached ONNX graph)
         predict.append(_run(_entrep("predict", "--model", str(model), one), penv))
         predict_cached.append(_run(_entrep("predict", "--model", str(model), one), penv))
 

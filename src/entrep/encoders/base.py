@@ -43,13 +43,12 @@ from PIL import Image
 from entrep.encoders.config import ENCODER_CODE_VERSION, ImageEncoderConfig, TextEncoderConfig  # noqa: F401
 # the torch-free image pipeline, re-exported where these names have always been importable from
 from entrep.encoders.pipeline import (  # noqa: F401
-    _INTERP,
     DEFAULT_BATCH_SIZE,
     PREFETCH_BATCHES,
     REDUCING_GAP,
     ImageItem,
     ImagePipeline,
-    _progress,
+    progress_bar,
     letterbox,
     normalise_into,
     to_normalised_array,
@@ -315,7 +314,7 @@ class TextEncoder(_EncoderBase):
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
         out = np.empty((len(items), self.config.dim), dtype=np.float32)
-        with _progress(len(items), progress, "text") as bar:
+        with progress_bar(len(items), progress, "text") as bar:
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
                 with autocast_for(self.device, self.precision):

@@ -78,7 +78,7 @@ PREFETCH_BATCHES = 2
 ImageItem = Union[Image.Image, str, Path, Callable[[], Image.Image]]
 
 
-def _progress(total: int, enabled: bool, unit: str):
+def progress_bar(total: int, enabled: bool, unit: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, disable=not enabled, leave=False)
@@ -174,7 +174,7 @@ class ImagePipeline:
             nxt += 1
 
         try:
-            with _progress(len(items), progress, "img") as bar:
+            with progress_bar(len(items), progress, "img") as bar:
                 while nxt < len(chunks) and len(pending) < 1 + (prefetch if pool is not None else 0):
                     submit()
                 for i, chunk in enumerate(chunks):
