@@ -84,7 +84,7 @@ def _row_space_basis(Xc: np.ndarray) -> np.ndarray | None:
 def _fold(trained, hidden: int | None, mean: np.ndarray, scale: float, basis: np.ndarray | None) -> dict:
     """The deployable tower's weights (:func:`npnets.tower_shapes` layout): raw features in, the trained reduced
     tower's maths inside."""
-    w = {k: v for k, v in npnets.weights_of(trained.proj).items()}
+    w = npnets.weights_of(trained.proj)
     if basis is not None:
         first = "0.weight" if hidden else "weight"
         w[first] = (w[first] @ basis).astype(np.float32)

@@ -3,7 +3,7 @@
 Training runs in torch (:mod:`entrep.classify.torch_nets`); a fitted estimator
 keeps its weights as the ``state_dict``'s float32 arrays and applies them here,
 with the same maths as the torch modules in evaluation mode (LayerNorm, Linear,
-exact erf GELU, BatchNorm with running statistics, L2 normalisation).
+exact erf GELU, L2 normalisation).
 Outputs equal the torch modules' within float32 rounding (checked in
 tests/test_heads.py and tests/test_align.py). ``import torch`` costs seconds
 per process; ``entrep predict`` on cached features pays none of it.
@@ -15,12 +15,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from entrep.classify.fusion import l2_normalize  # F.normalize's maths (eps 1e-12)
 from entrep.errors import ModelError
 
-#: torch's defaults for nn.LayerNorm / nn.BatchNorm1d / F.normalize
+#: torch's default for nn.LayerNorm
 LN_EPS = 1e-5
-BN_EPS = 1e-5
-NORM_EPS = 1e-12
 #: rows per matrix product (bounds the activations' memory on large galleries)
 CHUNK = 4096
 
@@ -44,15 +43,6 @@ def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = LN_EPS)
     xc = x - mu
     var = (xc * xc).mean(axis=-1, keepdims=True)
     return xc / np.sqrt(var + np.float32(eps)) * w + b
-
-
-def batch_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, mean: np.ndarray, var: np.ndarray,
-               eps: float = BN_EPS) -> np.ndarray:
-    return (x - mean) / np.sqrt(var + np.float32(eps)) * w + b
-
-
-def l2_rows(x: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(eps))
 
 
 def chunked(fn, X: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
@@ -107,19 +97,17 @@ def tower_forward(w: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
             x = linear(gelu(linear(x, w["proj.0.weight"], w["proj.0.bias"])), w["proj.2.weight"], w["proj.2.bias"])
         else:
             x = linear(x, w["proj.weight"], w["proj.bias"])
-        return l2_rows(x)
+        return l2_normalize(x)
 
     return chunked(run, X)
 
 
 # ---- saved weights ----------------------------------------------------------------------------------------
 def weights_from_state(state: Mapping[str, object], prefix: str, shapes: Mapping[str, tuple[int, ...]], *,
-                       what: str, optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+                       what: str) -> dict[str, np.ndarray]:
     """The ``prefix``-ed arrays of ``state`` as float32 copies, checked key by key and shape by shape against
-    ``shapes`` (``optional`` keys may be absent or extra, e.g. BatchNorm's ``num_batches_tracked``)."""
+    ``shapes``."""
     found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    for k in optional:
-        found.pop(k, None)
     missing, unexpected = sorted(set(shapes) - set(found)), sorted(set(found) - set(shapes))
     if missing or unexpected:
         raise ModelError(f"{what}: saved weights do not match the architecture (missing {missing}, unexpected {unexpected})")
@@ -136,9 +124,8 @@ def weights_from_state(state: Mapping[str, object], prefix: str, shapes: Mapping
 
 
 def weights_of(module) -> dict[str, np.ndarray]:
-    """A trained torch module's floating-point ``state_dict`` entries as float32 numpy copies."""
-    return {k: v.detach().cpu().float().numpy().copy() for k, v in module.state_dict().items()
-            if v.is_floating_point()}
+    """A trained torch module's ``state_dict`` as float32 numpy copies."""
+    return {k: v.detach().cpu().float().numpy().copy() for k, v in module.state_dict().items()}
 
 
 def state_arrays(weights: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

@@ -61,5 +61,3 @@ class Tower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj((x - self.mean) / self.scale), dim=-1)
-
-

@@ -44,8 +44,6 @@ from entrep.encoders.config import ENCODER_CODE_VERSION, ImageEncoderConfig, Tex
 # the torch-free image pipeline, re-exported where these names have always been importable from
 from entrep.encoders.pipeline import (  # noqa: F401
     DEFAULT_BATCH_SIZE,
-    PREFETCH_BATCHES,
-    REDUCING_GAP,
     ImageItem,
     ImagePipeline,
     progress_bar,

@@ -52,8 +52,6 @@ class GraphImageEncoder(ImagePipeline):
         return int(self.config.dim)
 
     def _encode_batch(self, x: np.ndarray, normalize: bool) -> np.ndarray:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
         y = np.asarray(self._onnx.run(x), dtype=np.float32)
         if normalize:
             y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), np.float32(1e-12))
