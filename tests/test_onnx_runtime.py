@@ -1,6 +1,7 @@
 """ONNX Runtime for image encoders: equal to torch, graphs cached by fingerprint, torch fallback, Extractor wiring."""
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -55,6 +56,49 @@ def test_tiny_config_built_models_onnx_equal_torch(tmp_path, make):
     ref, got = _torch_and_onnx(enc, _frames(5, size=(64, 48)), tmp_path, batch_size=2)  # batches 2, 2, 1
     assert np.abs(got - ref).max() <= 1e-4
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_batch_split_over_workers_equals_one_run_and_intra_op_threads(tmp_path):
+    enc = tiny_effnet_encoder()
+    assert enc.use_runtime("onnx", cache_dir=tmp_path) == "onnx"
+    x = onnx_runtime.probe_batch(enc, 7, seed=3).numpy()
+    whole = onnx_runtime.OnnxForward(enc.onnx_graph, threads=1).run(x)
+    split = onnx_runtime.OnnxForward(enc.onnx_graph, threads=3)
+    assert split.parallel == "batches" and split.workers == 3
+    got = split.run(x)  # slices of 2, 3 and 2 images run at once
+    assert got.shape == whole.shape
+    np.testing.assert_allclose(got, whole, atol=1e-6)
+    np.testing.assert_allclose(split.run(x[:2]), whole[:2], atol=1e-6)  # fewer images than workers: intra-op threads
+    intra = onnx_runtime.OnnxForward(enc.onnx_graph, threads=3, parallel="intra-op")
+    assert intra.workers == 1
+    np.testing.assert_allclose(intra.run(x), whole, atol=1e-6)
+    split.close()
+    with pytest.raises(ValueError, match="unknown parallel mode 'gpu'"):
+        onnx_runtime.OnnxForward(enc.onnx_graph, parallel="gpu")
+
+
+def test_each_worker_decodes_and_encodes_its_batch_in_input_order(tmp_path):
+    from entrep.data.images import ImageError
+    from entrep.encoders.graph_encoder import GraphImageEncoder
+
+    enc = tiny_effnet_encoder()
+    assert enc.use_runtime("onnx", cache_dir=tmp_path) == "onnx"
+    graph = GraphImageEncoder(enc.config, enc.fingerprint, enc.onnx_graph, threads=3)
+    assert graph._batch_workers() == 3
+    ims = _frames(11, size=(64, 48), seed=5)
+    ran_on = []
+    run_one = graph._onnx.run_one
+    graph._onnx.run_one = lambda a: ran_on.append(threading.current_thread().name) or run_one(a)
+    got = graph.encode(ims, batch_size=2)  # 6 batches over 3 workers
+    assert len(ran_on) == 6 and all(name.startswith("entrep-decode") for name in ran_on)
+    serial = graph.encode(ims, batch_size=2, prefetch=0)  # decode then model, one batch at a time
+    np.testing.assert_allclose(got, serial, atol=1e-6)  # same vectors, same order
+    np.testing.assert_allclose(got, enc.encode(ims, batch_size=2), atol=1e-6)
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 40)
+    with pytest.raises(ImageError, match="bad.png"):  # a worker's failure reaches the caller, named
+        graph.encode([*ims[:5], bad, *ims[5:]], batch_size=2)
 
 
 def test_graph_is_cached_by_fingerprint(tmp_path, monkeypatch):

@@ -283,8 +283,13 @@ class ImageEncoder(_EncoderBase, ImagePipeline):
             self.preprocess_into(self._load_item(item), x[i])
         return x if pinned is None else pinned
 
-    def _encode_batch(self, x, normalize: bool) -> np.ndarray:
+    def _encode_batch(self, x, normalize: bool, split: bool = True) -> np.ndarray:
+        if self._onnx is not None:  # numpy in and out, as the graph-alone encoder (GraphImageEncoder)
+            return self._onnx.vectors(x, normalize, split=split)
         return self.encode_tensor(x, normalize=normalize).cpu().numpy()
+
+    def _batch_workers(self) -> int:
+        return self._onnx.workers if self._onnx is not None else 1
 
 
 class TextEncoder(_EncoderBase):

@@ -29,12 +29,12 @@ class GraphImageEncoder(ImagePipeline):
     runtime = "onnx"
 
     def __init__(self, config, fingerprint: str, graph: str | Path, *, threads: int | None = None,
-                 runtime_requested: str = "auto") -> None:
+                 runtime_requested: str = "auto", parallel: str | None = None) -> None:
         self.config = config
         self._fingerprint = fingerprint
         self.onnx_graph = Path(graph)
         self.runtime_requested = runtime_requested
-        self._onnx = OnnxForward(self.onnx_graph, threads=threads)
+        self._onnx = OnnxForward(self.onnx_graph, threads=threads, parallel=parallel)
         width = self._onnx.session.get_outputs()[0].shape[-1]
         if isinstance(width, int) and width != int(config.dim):
             raise OnnxUnavailable(f"graph {self.onnx_graph.name} gives {width}-d vectors, the encoder {config.dim}-d")
@@ -51,11 +51,11 @@ class GraphImageEncoder(ImagePipeline):
     def dim(self) -> int:
         return int(self.config.dim)
 
-    def _encode_batch(self, x: np.ndarray, normalize: bool) -> np.ndarray:
-        y = np.asarray(self._onnx.run(x), dtype=np.float32)
-        if normalize:
-            y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), np.float32(1e-12))
-        return y
+    def _encode_batch(self, x: np.ndarray, normalize: bool, split: bool = True) -> np.ndarray:
+        return self._onnx.vectors(x, normalize, split=split)
+
+    def _batch_workers(self) -> int:
+        return self._onnx.workers
 
     def __repr__(self) -> str:
         return f"GraphImageEncoder({self.config.name!r}, dim={self.config.dim}, graph={self.onnx_graph.name!r})"

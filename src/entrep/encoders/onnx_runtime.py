@@ -16,9 +16,13 @@ does the work:
   of another batch size than the export one (which also checks the dynamic
   axis); a graph whose normalised outputs differ by more than ``TOLERANCE`` is
   not used.
-- :class:`OnnxForward` is the ``InferenceSession`` (intra-op threads = torch's,
-  every graph optimisation, no busy-waiting threads so a decode pool can run
-  beside it) that stands in for ``forward``.
+- :class:`OnnxForward` is the ``InferenceSession`` (every graph optimisation)
+  that stands in for ``forward``. It runs batches data-parallel by default: the
+  session has one intra-op thread and ``workers`` (= torch's thread count) runs
+  go at once, each on its own thread, on separate batches (the decode pool's
+  workers, :meth:`entrep.encoders.pipeline.ImagePipeline.iter_encode`) or on
+  slices of one batch (:meth:`OnnxForward.run`). ``parallel="intra-op"`` is the
+  other way, one run at a time over ``workers`` intra-op threads.
 
 Any failure is an :class:`OnnxUnavailable` carrying the reason in one line; the
 caller decides between falling back to torch and a UserError.
@@ -32,7 +36,9 @@ import io
 import logging
 import os
 import re
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +52,13 @@ OPSET = 18
 TOLERANCE = 1e-4
 PROBE_EXPORT_BATCH = 2
 PROBE_CHECK_BATCH = 3
+#: how a session uses its threads: "batches" (one intra-op thread, ``workers`` runs at once on separate
+#: batches or slices of a batch) or "intra-op" (one run at a time over ``workers`` intra-op threads)
+PARALLEL_MODES = ("batches", "intra-op")
+DEFAULT_PARALLEL = "batches"
+#: images per session run of a data-parallel worker: one image's activations stay in the core's caches
+#: (measured 1.3x the images/s of runs of 16 with 2 workers, EfficientNet-Lite0 and -Lite2; docs/encoders.md)
+RUN_IMAGES = 1
 
 
 class OnnxUnavailable(Exception):
@@ -192,39 +205,111 @@ def export_forward(encoder) -> bytes:
 
 
 class OnnxForward:
-    """An ONNX Runtime session standing in for an encoder's torch ``forward`` (CPU, float32)."""
+    """An ONNX Runtime session standing in for an encoder's torch ``forward`` (CPU, float32).
 
-    def __init__(self, graph: str | Path | bytes, *, threads: int | None = None) -> None:
+    ``threads``: the cores it may use (default :func:`default_threads`). With ``parallel="batches"``
+    (the default) up to ``workers`` = ``threads`` runs go at once on a session with one intra-op
+    thread (``InferenceSession.run`` is thread-safe and releases the GIL): :meth:`run` splits a
+    batch into that many slices, and :meth:`run_one` runs a batch on the calling thread alone, for
+    callers that already run one batch per core (the decode pool's workers). On these
+    depthwise-convolution nets that beats intra-op threads end to end (docs/encoders.md, "Decode
+    pool"): no operator waits at a barrier for a thread that a decode thread has pre-empted. A batch
+    too small to give every worker an image (one upload, one ``predict`` image) runs instead on a
+    session with ``threads`` intra-op threads, so it still uses every core. ``parallel="intra-op"``:
+    every run on that session, one at a time; ``workers`` is then 1. Intra-op threads sleep between
+    batches (no busy-waiting, so a decode pool can run beside them). Sessions are made when first
+    needed; the ``threads`` one at construction, so an unloadable graph fails here.
+    """
+
+    def __init__(self, graph: str | Path | bytes, *, threads: int | None = None, parallel: str | None = None) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError as e:
             raise OnnxUnavailable(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or default_threads())
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # threads sleep between batches instead of spinning: the decode pool needs the cores
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
-        src = graph if isinstance(graph, bytes) else str(graph)
-        try:
-            self.session = ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - an unreadable/invalid graph: the caller rebuilds or falls back
-            raise OnnxUnavailable(f"ONNX Runtime cannot load the graph: {_one_line(e)}") from None
+        parallel = parallel or DEFAULT_PARALLEL
+        if parallel not in PARALLEL_MODES:
+            raise ValueError(f"unknown parallel mode {parallel!r}; use one of {', '.join(PARALLEL_MODES)}")
+        self._source = graph if isinstance(graph, bytes) else str(graph)
+        self.parallel = parallel
+        self.threads = max(1, int(threads or default_threads()))
+        #: runs that may go at once, each on its own thread (1 in "intra-op" mode)
+        self.workers = self.threads if parallel == "batches" else 1
+        self._sessions: dict = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.session = self._session(self.threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise OnnxUnavailable(f"graph has {len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        self.threads = so.intra_op_num_threads
 
-    def run(self, x) -> np.ndarray:
-        """(B, dim) float32 outputs of a (B, 3, H, W) batch (array or tensor); a float32 C-contiguous array goes
-        in uncopied."""
+    def _session(self, intra_op_threads: int):
+        """The session with ``intra_op_threads`` intra-op threads, made on first use (thread-safe)."""
+        with self._lock:
+            session = self._sessions.get(intra_op_threads)
+            if session is None:
+                import onnxruntime as ort
+
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = intra_op_threads
+                so.inter_op_num_threads = 1
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                # intra-op threads sleep between batches instead of spinning: the decode pool needs the cores
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                so.log_severity_level = 3
+                try:
+                    session = ort.InferenceSession(self._source, sess_options=so, providers=["CPUExecutionProvider"])
+                except Exception as e:  # noqa: BLE001 - an unreadable/invalid graph: the caller rebuilds or falls back
+                    raise OnnxUnavailable(f"ONNX Runtime cannot load the graph: {_one_line(e)}") from None
+                self._sessions[intra_op_threads] = session
+            return session
+
+    @staticmethod
+    def _as_input(x) -> np.ndarray:
         if not isinstance(x, np.ndarray):  # a torch tensor
             x = x.detach().to("cpu").float().numpy()
-        a = np.ascontiguousarray(x, dtype=np.float32)
-        (y,) = self.session.run([self.output_name], {self.input_name: a})
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _run(self, session, a: np.ndarray) -> np.ndarray:
+        (y,) = session.run([self.output_name], {self.input_name: a})
+        return y
+
+    def run_one(self, x) -> np.ndarray:
+        """(B, dim) float32 outputs of a (B, 3, H, W) batch (array or tensor), run by the calling thread alone
+        (one of ``workers`` doing so at once), ``RUN_IMAGES`` images per session run; in "intra-op" mode, one run
+        on the session's intra-op threads. A float32 C-contiguous array goes in uncopied."""
+        a = self._as_input(x)
+        if self.workers <= 1:
+            return self._run(self.session, a)
+        session = self._session(1)
+        if len(a) <= RUN_IMAGES:
+            return self._run(session, a)
+        return np.concatenate([self._run(session, a[i:i + RUN_IMAGES]) for i in range(0, len(a), RUN_IMAGES)])
+
+    def run(self, x) -> np.ndarray:
+        """The outputs of :meth:`run_one`, the batch split into ``workers`` slices run at once; a batch with fewer
+        images than workers on every core through intra-op threads."""
+        a = self._as_input(x)
+        if self.workers <= 1 or len(a) < self.workers:
+            return self._run(self.session, a)
+        cuts = np.linspace(0, len(a), self.workers + 1).round().astype(int)
+        rest = [self._executor().submit(self.run_one, a[s:e]) for s, e in zip(cuts[1:-1], cuts[2:])]
+        first = self.run_one(a[cuts[0]:cuts[1]])
+        return np.concatenate([first, *(f.result() for f in rest)])
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers - 1, thread_name_prefix="entrep-onnx")
+            return self._pool
+
+    def vectors(self, x, normalize: bool, *, split: bool = True) -> np.ndarray:
+        """(B, dim) float32 vectors of a batch, L2-normalised if asked (as torch's ``normalize``, eps 1e-12);
+        ``split=False``: :meth:`run_one` (the caller runs one batch per core already)."""
+        y = np.asarray(self.run(x) if split else self.run_one(x), dtype=np.float32)
+        if normalize:
+            y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), np.float32(1e-12))
         return y
 
     def __call__(self, x):
@@ -232,6 +317,13 @@ class OnnxForward:
         import torch
 
         return torch.from_numpy(self.run(x))
+
+    def close(self) -> None:
+        """Stop the slice threads (idle threads also end with the process)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
 
 def check_equal(encoder, runner: OnnxForward, n: int = PROBE_CHECK_BATCH) -> float:

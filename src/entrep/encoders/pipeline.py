@@ -1,8 +1,9 @@
 """The torch-free half of an image encoder: decode, letterbox, normalise, batch, prefetch.
 
 :class:`ImagePipeline` turns PIL images, paths or loaders into (N, dim) float32
-vectors through one method a subclass provides, ``_encode_batch(x, normalize)``
-on a preprocessed (B, 3, H, W) float32 batch.
+vectors through one method a subclass provides, ``_encode_batch(x, normalize, split)``
+on a preprocessed (B, 3, H, W) float32 batch, and ``_batch_workers()``, how many
+batches its runtime can run at once (each on its own thread).
 :class:`entrep.encoders.base.ImageEncoder` runs it on torch or ONNX Runtime;
 :class:`entrep.encoders.graph_encoder.GraphImageEncoder` runs a cached ONNX graph
 with no torch in the process. Both therefore decode and preprocess an image the
@@ -90,9 +91,20 @@ class ImagePipeline:
 
     config: "object"
 
-    def _encode_batch(self, x: np.ndarray, normalize: bool) -> np.ndarray:  # pragma: no cover - abstract
-        """(B, dim) float32 vectors of a preprocessed (B, 3, H, W) float32 batch (L2-normalised if asked)."""
+    def _encode_batch(self, x: np.ndarray, normalize: bool, split: bool = True) -> np.ndarray:  # pragma: no cover
+        """(B, dim) float32 vectors of a preprocessed (B, 3, H, W) float32 batch (L2-normalised if asked).
+        ``split=False``: the calling thread is one of ``_batch_workers()`` running a batch each, so the
+        runtime should not spread this batch over more threads."""
         raise NotImplementedError
+
+    def _batch_workers(self) -> int:
+        """Batches the runtime can run at once, each on its own thread (ONNX Runtime on CPU: one per core);
+        1: one batch at a time, spread over the runtime's own threads."""
+        return 1
+
+    def _decode_and_encode(self, chunk: Sequence[ImageItem], normalize: bool) -> np.ndarray:
+        """One batch decoded and encoded on the calling thread (a data-parallel worker)."""
+        return self._encode_batch(self._decode_batch(chunk), normalize, split=False)
 
     def effective_batch_size(self, requested: int | None) -> int:
         """``requested`` (default 32)."""
@@ -154,20 +166,29 @@ class ImagePipeline:
         loaders returning a PIL image. With ``prefetch`` > 0 a pool of ``prefetch``
         threads decodes and preprocesses the next ``prefetch`` batches while the model
         runs the current one (never more ahead, so memory stays flat); 0 is serial.
+        When the runtime runs batches data-parallel (``_batch_workers()`` > 1: ONNX Runtime
+        on CPU), the pool has one thread per worker instead, each decoding a batch and
+        running the model on it, with at most one batch more than the workers in flight.
         """
         items = list(images)
         bs = self.effective_batch_size(batch_size)
         if prefetch < 0:
             raise UserError(f"prefetch must be >= 0 batches, got {prefetch}")
         chunks = [items[s:s + bs] for s in range(0, len(items), bs)]
-        pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="entrep-decode") if (
-            prefetch and len(chunks) > 1) else None
+        workers = self._batch_workers() if prefetch and len(chunks) > 1 else 1
+        together = workers > 1  # each pool thread decodes and encodes a whole batch
+        threads = workers if together else prefetch
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="entrep-decode") if (
+            threads and len(chunks) > 1) else None
+        ahead = workers + 1 if together else 1 + (prefetch if pool is not None else 0)
         pending: deque = deque()
         nxt = 0
 
         def submit() -> None:
             nonlocal nxt
-            if pool is not None:
+            if together:
+                pending.append(pool.submit(self._decode_and_encode, chunks[nxt], normalize))
+            elif pool is not None:
                 pending.append(pool.submit(self._decode_batch, chunks[nxt]))
             else:
                 pending.append(None)
@@ -175,18 +196,22 @@ class ImagePipeline:
 
         try:
             with progress_bar(len(items), progress, "img") as bar:
-                while nxt < len(chunks) and len(pending) < 1 + (prefetch if pool is not None else 0):
+                while nxt < len(chunks) and len(pending) < ahead:
                     submit()
                 for i, chunk in enumerate(chunks):
                     t0 = time.perf_counter()
                     fut = pending.popleft()
-                    x = fut.result() if fut is not None else self._decode_batch(chunk)
-                    t1 = time.perf_counter()
-                    v = self._encode_batch(x, normalize)
-                    if nxt < len(chunks):  # the model is done with batch i: decode batch i + prefetch + 1
+                    if together:
+                        v = fut.result()
+                        t1 = time.perf_counter()
+                    else:
+                        x = fut.result() if fut is not None else self._decode_batch(chunk)
+                        t1 = time.perf_counter()
+                        v = self._encode_batch(x, normalize)
+                    if nxt < len(chunks):  # batch i is done: start batch i + ahead
                         submit()
-                    log.debug("%s: batch %d of %d, waited %.3fs for decode, model %.3fs", self.config.name, i + 1,
-                              len(chunks), t1 - t0, time.perf_counter() - t1)
+                    log.debug("%s: batch %d of %d, waited %.3fs for %s, model %.3fs", self.config.name, i + 1,
+                              len(chunks), t1 - t0, "its worker" if together else "decode", time.perf_counter() - t1)
                     bar.update(len(chunk))
                     yield v
         finally:
