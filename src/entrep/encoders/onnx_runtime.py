@@ -56,8 +56,9 @@ PROBE_CHECK_BATCH = 3
 #: batches or slices of a batch) or "intra-op" (one run at a time over ``workers`` intra-op threads)
 PARALLEL_MODES = ("batches", "intra-op")
 DEFAULT_PARALLEL = "batches"
-#: images per session run of a data-parallel worker: one image's activations stay in the core's caches
-#: (measured 1.3x the images/s of runs of 16 with 2 workers, EfficientNet-Lite0 and -Lite2; docs/encoders.md)
+#: images per session run of a data-parallel worker: a worker then holds one image's activations, not a
+#: batch's (EfficientNet-Lite2 at batch 32: 170 MB above the loaded process instead of 780 MB), and runs
+#: 0-9% faster (docs/encoders.md, the `pipeline` table of benchmarks/bench_encoders.py)
 RUN_IMAGES = 1
 
 
