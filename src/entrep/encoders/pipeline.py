@@ -203,15 +203,16 @@ class ImagePipeline:
                     fut = pending.popleft()
                     if together:
                         v = fut.result()
-                        t1 = time.perf_counter()
+                        log.debug("%s: batch %d of %d, waited %.3fs for its worker (decode + model)",
+                                  self.config.name, i + 1, len(chunks), time.perf_counter() - t0)
                     else:
                         x = fut.result() if fut is not None else self._decode_batch(chunk)
                         t1 = time.perf_counter()
                         v = self._encode_batch(x, normalize)
+                        log.debug("%s: batch %d of %d, waited %.3fs for decode, model %.3fs", self.config.name,
+                                  i + 1, len(chunks), t1 - t0, time.perf_counter() - t1)
                     if nxt < len(chunks):  # batch i is done: start batch i + ahead
                         submit()
-                    log.debug("%s: batch %d of %d, waited %.3fs for %s, model %.3fs", self.config.name, i + 1,
-                              len(chunks), t1 - t0, "its worker" if together else "decode", time.perf_counter() - t1)
                     bar.update(len(chunk))
                     yield v
         finally:
