@@ -62,16 +62,19 @@ def test_batch_split_over_workers_equals_one_run_and_intra_op_threads(tmp_path):
     enc = tiny_effnet_encoder()
     assert enc.use_runtime("onnx", cache_dir=tmp_path) == "onnx"
     x = onnx_runtime.probe_batch(enc, 7, seed=3).numpy()
-    whole = onnx_runtime.OnnxForward(enc.onnx_graph, threads=1).run(x)
+    intra = onnx_runtime.OnnxForward(enc.onnx_graph, threads=2, parallel="intra-op")
+    assert intra.workers == 1
+    whole = intra.run(x)  # the whole batch in one run over 2 intra-op threads
     split = onnx_runtime.OnnxForward(enc.onnx_graph, threads=3)
     assert split.parallel == "batches" and split.workers == 3
-    got = split.run(x)  # slices of 2, 3 and 2 images run at once
+    got = split.run(x)  # slices of 2, 3 and 2 images on 3 threads, one image per session run
     assert got.shape == whole.shape
     np.testing.assert_allclose(got, whole, atol=1e-6)
     np.testing.assert_allclose(split.run(x[:2]), whole[:2], atol=1e-6)  # fewer images than workers: intra-op threads
-    intra = onnx_runtime.OnnxForward(enc.onnx_graph, threads=3, parallel="intra-op")
-    assert intra.workers == 1
-    np.testing.assert_allclose(intra.run(x), whole, atol=1e-6)
+    np.testing.assert_allclose(split.run_one(x), whole, atol=1e-6)  # the calling thread alone
+    alone = onnx_runtime.OnnxForward(enc.onnx_graph, threads=1)  # one core (a one-CPU Ray actor): image by image
+    assert alone.workers == 1
+    np.testing.assert_allclose(alone.run(x), whole, atol=1e-6)
     split.close()
     with pytest.raises(ValueError, match="unknown parallel mode 'gpu'"):
         onnx_runtime.OnnxForward(enc.onnx_graph, parallel="gpu")

@@ -218,8 +218,10 @@ class OnnxForward:
     too small to give every worker an image (one upload, one ``predict`` image) runs instead on a
     session with ``threads`` intra-op threads, so it still uses every core. ``parallel="intra-op"``:
     every run on that session, one at a time; ``workers`` is then 1. Intra-op threads sleep between
-    batches (no busy-waiting, so a decode pool can run beside them). Sessions are made when first
-    needed; the ``threads`` one at construction, so an unloadable graph fails here.
+    batches (no busy-waiting, so a decode pool can run beside them). A one-thread session (a worker's,
+    or the only one when ``threads`` is 1, as in a one-CPU Ray actor) runs ``RUN_IMAGES`` images per
+    session run. Sessions are made when first needed; the ``threads`` one at construction, so an
+    unloadable graph fails here.
     """
 
     def __init__(self, graph: str | Path | bytes, *, threads: int | None = None, parallel: str | None = None) -> None:
@@ -278,10 +280,11 @@ class OnnxForward:
 
     def run_one(self, x) -> np.ndarray:
         """(B, dim) float32 outputs of a (B, 3, H, W) batch (array or tensor), run by the calling thread alone
-        (one of ``workers`` doing so at once), ``RUN_IMAGES`` images per session run; in "intra-op" mode, one run
-        on the session's intra-op threads. A float32 C-contiguous array goes in uncopied."""
+        on the one-thread session, ``RUN_IMAGES`` images per session run (one of ``workers`` doing so at once,
+        or the only thread there is); in "intra-op" mode with more threads, one run over them. A float32
+        C-contiguous array goes in uncopied."""
         a = self._as_input(x)
-        if self.workers <= 1:
+        if self.workers <= 1 and self.threads > 1:
             return self._run(self.session, a)
         session = self._session(1)
         if len(a) <= RUN_IMAGES:
@@ -293,7 +296,7 @@ class OnnxForward:
         images than workers on every core through intra-op threads."""
         a = self._as_input(x)
         if self.workers <= 1 or len(a) < self.workers:
-            return self._run(self.session, a)
+            return self.run_one(a) if self.threads == 1 else self._run(self.session, a)
         cuts = np.linspace(0, len(a), self.workers + 1).round().astype(int)
         rest = [self._executor().submit(self.run_one, a[s:e]) for s, e in zip(cuts[1:-1], cuts[2:])]
         first = self.run_one(a[cuts[0]:cuts[1]])
