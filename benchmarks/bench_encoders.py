@@ -216,7 +216,8 @@ def bench_side_by_side(label: str, make_encoder, runtimes: list[str], files: dic
             row["note"] = f"ran on {used}"
         encs[rt], rows[rt] = enc, row
     first = encs[runtimes[0]]
-    if first.device.type == "cuda":  # the batch size the encoder chooses from free GPU memory, as embed does
+    device = first.device.type
+    if device == "cuda":  # the batch size the encoder chooses from free GPU memory, as embed does
         batch = first.effective_batch_size(None)
     for row in rows.values():
         row["batch_size"] = batch
@@ -225,7 +226,6 @@ def bench_side_by_side(label: str, make_encoder, runtimes: list[str], files: dic
     with torch.inference_mode():  # the torch graph of the encoder: the same one every runtime runs
         flops = flops_of(lambda: first.forward(torch.from_numpy(x[:1]).to(first.device)))
         traffic = traffic_bytes(lambda: first.forward(torch.from_numpy(x[:2]).to(first.device))) / 2
-    device = first.device.type
 
     sizes = sorted({b for b in (1, 4) if b < len(x)} | {len(x)})  # model only at smaller batches too
     model_s = {(rt, b): [] for rt in runtimes for b in sizes}
@@ -292,13 +292,13 @@ def bench_pipeline(variant: str, files: dict[str, list[Path]], batch: int, reps:
     running it on a one-thread session, one image per run; and the same with the whole batch in one run)
     and "intra-op" (a decode pool of 2 or 1 threads beside one session of ``threads`` intra-op threads);
     and what each costs in memory at twice ``batch`` (:func:`encode_rss_growth_mb`)."""
-    from entrep.encoders import build_image_encoder, onnx_runtime
+    from entrep.encoders import describe_encoder, onnx_runtime
     from entrep.encoders.graph_encoder import GraphImageEncoder
 
-    enc = build_image_encoder(f"effnet-{variant}", device="cpu")
-    if enc.use_runtime("onnx", cache_dir=onnx_dir) != "onnx":
+    enc = describe_encoder("image", f"effnet-{variant}", device="cpu")  # the graph the onnx rows cached
+    graph = onnx_runtime.graph_file(onnx_dir, enc.name, enc.fingerprint)
+    if not graph.is_file():  # its export failed (the onnx rows say why)
         return []
-    graph = onnx_runtime.graph_path(onnx_dir, enc)
     # (parallel, ORT threads, prefetch = decode threads of "intra-op", images per run of "batches")
     configs = [("batches", threads, 2, onnx_runtime.RUN_IMAGES), ("batches", threads, 2, batch),
                ("intra-op", threads, 2, batch), ("intra-op", threads, 1, batch)]

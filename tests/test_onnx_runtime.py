@@ -75,7 +75,6 @@ def test_batch_split_over_workers_equals_one_run_and_intra_op_threads(tmp_path):
     alone = onnx_runtime.OnnxForward(enc.onnx_graph, threads=1)  # one core (a one-CPU Ray actor): image by image
     assert alone.workers == 1
     np.testing.assert_allclose(alone.run(x), whole, atol=1e-6)
-    split.close()
     with pytest.raises(ValueError, match="unknown parallel mode 'gpu'"):
         onnx_runtime.OnnxForward(enc.onnx_graph, parallel="gpu")
 

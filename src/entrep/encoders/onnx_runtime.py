@@ -295,8 +295,10 @@ class OnnxForward:
         """The outputs of :meth:`run_one`, the batch split into ``workers`` slices run at once; a batch with fewer
         images than workers on every core through intra-op threads."""
         a = self._as_input(x)
-        if self.workers <= 1 or len(a) < self.workers:
-            return self.run_one(a) if self.threads == 1 else self._run(self.session, a)
+        if self.workers <= 1:
+            return self.run_one(a)
+        if len(a) < self.workers:
+            return self._run(self.session, a)
         cuts = np.linspace(0, len(a), self.workers + 1).round().astype(int)
         rest = [self._executor().submit(self.run_one, a[s:e]) for s, e in zip(cuts[1:-1], cuts[2:])]
         first = self.run_one(a[cuts[0]:cuts[1]])
@@ -321,13 +323,6 @@ class OnnxForward:
         import torch
 
         return torch.from_numpy(self.run(x))
-
-    def close(self) -> None:
-        """Stop the slice threads (idle threads also end with the process)."""
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
 
 
 def check_equal(encoder, runner: OnnxForward, n: int = PROBE_CHECK_BATCH) -> float:
